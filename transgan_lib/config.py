@@ -1,0 +1,145 @@
+"""Experiment configurations: one dataclass per experiment kind.
+
+Every field is a plain value so a config can be saved inside a checkpoint (`to_dict`) and
+rebuilt from it (`from_dict`). Notebook `parameters` cells use the same names.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional, Tuple
+
+# Architecture presets. `g_dim` is the width of the first (bottom_width x bottom_width) stage;
+# each pixel-shuffle upsampling divides the width by 4 (as in TransGAN) down to `g_min_dim`.
+MODEL_PRESETS: Dict[str, Dict[str, Any]] = {
+    "tiny": dict(bottom_width=8, g_dim=128, g_min_dim=16, g_depths=(1, 1, 1, 1), g_heads=4,
+                 d_dim=64, d_depth=2, d_heads=4, window_size=8, mlp_ratio=4),
+    "small": dict(bottom_width=8, g_dim=384, g_min_dim=32, g_depths=(2, 2, 1, 1), g_heads=4,
+                  d_dim=192, d_depth=3, d_heads=4, window_size=8, mlp_ratio=4),
+    "base": dict(bottom_width=8, g_dim=1024, g_min_dim=64, g_depths=(5, 4, 2, 1), g_heads=4,
+                 d_dim=384, d_depth=4, d_heads=4, window_size=8, mlp_ratio=4),
+}
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid or does not match a checkpoint."""
+
+
+def _from_dict(cls, d: Dict[str, Any]):
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise ConfigError(f"unknown {cls.__name__} fields {unknown}; known: {sorted(names)}")
+    kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()}
+    return cls(**kwargs)
+
+
+@dataclass
+class ModelConfig:
+    """TransGAN generator + discriminator architecture.
+
+    Fields left as None take their value from `MODEL_PRESETS[model_size]` in `__post_init__`.
+    """
+    image_size: int = 64
+    model_size: str = "base"
+    latent_dim: int = 1024
+    channels: int = 3
+    bottom_width: Optional[int] = None
+    g_dim: Optional[int] = None
+    g_min_dim: Optional[int] = None
+    g_depths: Optional[Tuple[int, ...]] = None
+    g_heads: Optional[int] = None
+    d_dim: Optional[int] = None
+    d_depth: Optional[int] = None
+    d_heads: Optional[int] = None
+    d_patch_size: Optional[int] = None
+    window_size: Optional[int] = None
+    mlp_ratio: Optional[int] = None
+    attn_impl: str = "sdpa"  # "sdpa" (F.scaled_dot_product_attention) or "math" (matmul-softmax)
+
+    def __post_init__(self):
+        if self.model_size not in MODEL_PRESETS:
+            raise ConfigError(f"model_size must be one of {list(MODEL_PRESETS)}, got {self.model_size!r}")
+        for k, v in MODEL_PRESETS[self.model_size].items():
+            if getattr(self, k) is None:
+                setattr(self, k, v)
+        if self.d_patch_size is None:
+            self.d_patch_size = max(2, self.image_size // 16)  # 16x16 fine tokens
+        if isinstance(self.g_depths, list):
+            self.g_depths = tuple(self.g_depths)
+        n_up = self.image_size // self.bottom_width
+        if self.image_size % self.bottom_width or n_up & (n_up - 1):
+            raise ConfigError(f"image_size {self.image_size} must be bottom_width ({self.bottom_width}) "
+                              "times a power of two (e.g. 32 or 64)")
+        if self.image_size % (2 * self.d_patch_size):
+            raise ConfigError(f"image_size {self.image_size} must be divisible by 2*d_patch_size")
+        if self.attn_impl not in ("sdpa", "math"):
+            raise ConfigError(f"attn_impl must be 'sdpa' or 'math', got {self.attn_impl!r}")
+
+    @property
+    def n_stages(self) -> int:
+        """Number of generator stages: bottom_width, 2x, 4x, ... up to image_size."""
+        return (self.image_size // self.bottom_width).bit_length()
+
+    def stage_dims(self) -> Tuple[int, ...]:
+        return tuple(max(self.g_dim // 4 ** i, self.g_min_dim) for i in range(self.n_stages))
+
+    def stage_depths(self) -> Tuple[int, ...]:
+        depths = tuple(self.g_depths)
+        return tuple(depths[i] if i < len(depths) else depths[-1] for i in range(self.n_stages))
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "ModelConfig":
+        return _from_dict(cls, d)
+
+
+@dataclass
+class TrainConfig:
+    """GAN training on the normal images of one MVTec-layout category."""
+    data_root: str = "data/mvtec_ad"
+    category: str = "bottle"
+    output_dir: str = "runs"
+    image_size: int = 64
+    model_size: str = "base"
+    latent_dim: int = 1024
+    epochs: int = 350
+    batch_size: int = 8
+    lr: float = 1e-4
+    beta1: float = 0.001
+    beta2: float = 0.99
+    loss: str = "wgan-gp"  # or "hinge"
+    gp_weight: float = 10.0
+    drift_weight: float = 1e-3
+    n_critic: int = 1  # discriminator steps per generator step
+    grad_clip: float = 5.0
+    ema_decay: float = 0.999
+    diffaug: str = "color,translation,cutout"
+    val_fraction: float = 0.1
+    seed: int = 0
+    device: str = "auto"
+    amp: str = "auto"  # "auto" (bf16 on CUDA if supported, else fp16), "bf16", "fp16", "off"
+    sample_every: int = 1  # epochs between sample grids / plots
+    checkpoint_every: int = 1  # epochs between checkpoints
+    num_workers: int = 0
+    model: Dict[str, Any] = field(default_factory=dict)  # extra ModelConfig overrides
+
+    def __post_init__(self):
+        if self.loss not in ("wgan-gp", "hinge"):
+            raise ConfigError(f"loss must be 'wgan-gp' or 'hinge', got {self.loss!r}")
+        if self.n_critic < 1:
+            raise ConfigError("n_critic must be >= 1")
+        self.model_config()  # validate early
+
+    def model_config(self) -> ModelConfig:
+        return ModelConfig(image_size=self.image_size, model_size=self.model_size,
+                           latent_dim=self.latent_dim, **self.model)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "TrainConfig":
+        return _from_dict(cls, d)

@@ -1,0 +1,80 @@
+"""Small shared helpers: device choice, seeding, autocast, atomic file writes."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+import torch
+
+PathLike = Union[str, os.PathLike]
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """'auto' picks CUDA when available, then Apple MPS, else CPU."""
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    return torch.device(device)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def autocast_dtype(device: torch.device, amp: str = "auto"):
+    """The autocast dtype for `amp` on `device`, or None for full precision.
+
+    CPU always runs in fp32 (CPU autocast is slower than fp32 for these small models).
+    """
+    if device.type != "cuda" or amp == "off":
+        return None
+    if amp == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+
+
+def autocast(device: torch.device, dtype) -> contextlib.AbstractContextManager:
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _atomic_write(path: PathLike, write_fn, mode: str = "wb") -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode) as f:
+            write_fn(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)  # atomic on POSIX and Windows
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def atomic_torch_save(obj: Any, path: PathLike) -> Path:
+    """torch.save to a temp file in the same folder, then rename: a crash never leaves half a file."""
+    return _atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def atomic_write_json(obj: Any, path: PathLike) -> Path:
+    return _atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2, default=float)), mode="w")
+
+
+def atomic_write_text(text: str, path: PathLike) -> Path:
+    return _atomic_write(path, lambda f: f.write(text), mode="w")
