@@ -1,0 +1,6 @@
+"""Neural network modules (pure nn.Module; training code lives in transgan_lib.train)."""
+from .transgan import (TransGANDiscriminator, TransGANGenerator, build_discriminator,
+                       build_generator, build_models, count_parameters, math_attention)
+
+__all__ = ["TransGANGenerator", "TransGANDiscriminator", "build_generator", "build_discriminator",
+           "build_models", "count_parameters", "math_attention"]
