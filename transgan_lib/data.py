@@ -1,0 +1,350 @@
+"""MVTec AD data layer: image/mask loading, the `MVTecAD` dataset, splits and stacking.
+
+Shape letters: N images, C channels (3 for images, 1 for masks), H, W height and width.
+Images are float tensors in [-1, 1] of shape (3, H, W); masks are float {0, 1} of shape (1, H, W).
+
+Expected folder layout (the layout of the official MVTec AD archive)::
+
+    <data_root>/<category>/train/good/*.png
+    <data_root>/<category>/test/good/*.png
+    <data_root>/<category>/test/<defect>/*.png
+    <data_root>/<category>/ground_truth/<defect>/<stem>_mask.png
+
+Any category folder in this layout works, not only the 15 official ones (the embedded demo
+category of `transgan_lib.demo` uses it too). Every layout problem raises `DatasetError` when the
+dataset is constructed, so a user learns about it before training.
+"""
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset, Subset
+from torchvision.transforms.functional import pil_to_tensor
+
+PathLike = Union[str, os.PathLike]
+
+MVTEC_CATEGORIES: Tuple[str, ...] = (
+    "bottle", "cable", "capsule", "carpet", "grid", "hazelnut", "leather", "metal_nut",
+    "pill", "screw", "tile", "toothbrush", "transistor", "wood", "zipper",
+)
+IMAGE_EXTENSIONS: Tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp")
+MVTEC_URL = "https://www.mvtec.com/company/research/datasets/mvtec-ad"
+GOOD = "good"
+# Defaults shared with `transgan_lib.demo` (kept here so the messages below can name them).
+DEMO_CATEGORY_NAME = "demo"
+LAYOUT_HELP = ("Expected layout: <data_root>/<category>/train/good/*.png, "
+               "<data_root>/<category>/test/<good|defect>/*.png, "
+               "<data_root>/<category>/ground_truth/<defect>/<stem>_mask.png")
+
+_READ_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+class DatasetError(ValueError):
+    """A data problem (missing folder, bad layout, missing mask, unreadable image).
+
+    The message names the path and says how to fix it.
+    """
+
+
+# ----------------------------------------------------------------------------- files
+def list_images(folder: PathLike) -> List[Path]:
+    """Image files (.png/.jpg/.jpeg/.bmp, any case) directly in `folder`, sorted by name.
+
+    Hidden files (e.g. macOS `._000.png` resource forks) are skipped.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir()
+                  if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+                  and not p.name.startswith("."))
+
+
+def _open_rgb(path: Path) -> Image.Image:
+    with Image.open(path) as img:
+        img.load()  # decode now, inside the caller's try: truncated files raise here
+        return _to_rgb(img)
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode == "I" or img.mode.startswith("I;16"):
+        # 16/32-bit grayscale: rescale to 8 bit (PIL's convert would clip at 255)
+        arr = np.asarray(img, dtype=np.float32)
+        if arr.max() > 255:
+            arr = arr / 65535.0 * 255.0
+        img = Image.fromarray(np.clip(arr, 0, 255).round().astype(np.uint8))
+    if img.mode == "P":
+        img = img.convert("RGBA")  # palette with transparency converts cleanly via RGBA
+    return img.convert("RGB")  # L -> 3 equal channels; RGBA/LA drop alpha
+
+
+def load_image(path: PathLike, image_size: int) -> torch.Tensor:
+    """Read an image file as a float tensor (3, image_size, image_size) in [-1, 1].
+
+    Grayscale, RGBA and palette images become RGB (grayscale gives 3 equal channels); the image
+    is resized with antialiased bilinear filtering (non-square images are stretched to square).
+    Raises DatasetError naming the file if it cannot be read or is truncated.
+    """
+    path = Path(path)
+    try:
+        img = _open_rgb(path)
+        img = img.resize((image_size, image_size), Image.Resampling.BILINEAR)
+    except _READ_ERRORS as e:
+        raise DatasetError(f"cannot read image {path}: {e}; delete or replace it") from e
+    x = pil_to_tensor(img).float()  # (3, H, W) in [0, 255]
+    return x / 127.5 - 1.0
+
+
+def load_mask(path: PathLike, image_size: int) -> torch.Tensor:
+    """Read a ground-truth mask as a float tensor (1, image_size, image_size) in {0, 1}.
+
+    Nearest-neighbour resize; any pixel > 0 counts as defective. Raises DatasetError if unreadable.
+    """
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            img.load()
+            img = img.convert("L")
+        img = img.resize((image_size, image_size), Image.Resampling.NEAREST)
+    except _READ_ERRORS as e:
+        raise DatasetError(f"cannot read mask {path}: {e}; delete or replace it") from e
+    m = pil_to_tensor(img)  # (1, H, W) uint8
+    return (m > 0).float()
+
+
+def find_mask(category_root: Path, defect: str, image_path: Path) -> Optional[Path]:
+    """The mask file `ground_truth/<defect>/<stem>_mask.<ext>` of a test image, or None."""
+    folder = category_root / "ground_truth" / defect
+    for ext in IMAGE_EXTENSIONS:
+        for candidate in (folder / f"{image_path.stem}_mask{ext}",
+                          folder / f"{image_path.stem}_mask{ext.upper()}"):
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def find_categories(data_root: PathLike) -> List[str]:
+    """Names of the sub-folders of `data_root` that look like MVTec categories (have train/good)."""
+    data_root = Path(data_root)
+    if not data_root.is_dir():
+        return []
+    return sorted(p.name for p in data_root.iterdir() if (p / "train" / GOOD).is_dir())
+
+
+# ----------------------------------------------------------------------------- checks
+def _missing_root_message(data_root: Path, category: str) -> str:
+    return (f"data_root {data_root} is missing. Either download MVTec AD from {MVTEC_URL} "
+            f"and extract it so that {data_root / category / 'train' / GOOD} exists, or use the "
+            f"embedded demo category: category='{DEMO_CATEGORY_NAME}' and call "
+            f"transgan_lib.demo.prepare_data('{data_root}', '{DEMO_CATEGORY_NAME}') "
+            f"(or ensure_demo_data) once to build it")
+
+
+def _missing_category_message(data_root: Path, category: str) -> str:
+    found = find_categories(data_root)
+    found_txt = ", ".join(found) if found else "none"
+    msg = (f"category folder {data_root / category} is missing (or has no train/good). "
+           f"Categories found under {data_root}: {found_txt}. {LAYOUT_HELP}.")
+    nested = [p for p in sorted(data_root.iterdir())
+              if p.is_dir() and (p / category / "train" / GOOD).is_dir()]
+    if nested:
+        msg += f" Found it one level deeper: set data_root={nested[0]}."
+    elif (data_root / category / category / "train" / GOOD).is_dir():
+        msg += f" Found it nested twice: set data_root={data_root / category}."
+    close = difflib.get_close_matches(category, list(found) + list(MVTEC_CATEGORIES), n=1)
+    if close and close[0] != category:
+        msg += f" Did you mean '{close[0]}'?"
+    if category == DEMO_CATEGORY_NAME:
+        msg += (f" Build the demo first: transgan_lib.demo.prepare_data('{data_root}', "
+                f"'{DEMO_CATEGORY_NAME}').")
+    elif category in MVTEC_CATEGORIES:
+        msg += f" Get MVTec AD from {MVTEC_URL}."
+    return msg
+
+
+def check_category_root(data_root: PathLike, category: str) -> Path:
+    """Return `<data_root>/<category>` or raise DatasetError saying what is wrong and the fix."""
+    data_root = Path(data_root)
+    if not data_root.is_dir():
+        raise DatasetError(_missing_root_message(data_root, category))
+    if (data_root / "train" / GOOD).is_dir() and not (data_root / category).is_dir():
+        raise DatasetError(
+            f"data_root {data_root} looks like a category folder itself (it has train/good): "
+            f"point data_root at the parent folder, i.e. data_root={data_root.parent}, "
+            f"category='{data_root.name}'")
+    root = data_root / category
+    if not (root / "train" / GOOD).is_dir():
+        raise DatasetError(_missing_category_message(data_root, category))
+    return root
+
+
+def _scan_train(root: Path) -> List[Tuple[Path, str]]:
+    folder = root / "train" / GOOD
+    images = list_images(folder)
+    if not images:
+        raise DatasetError(f"training folder {folder} has no images "
+                           f"({'/'.join(IMAGE_EXTENSIONS)}); add the normal training images there")
+    return [(p, GOOD) for p in images]
+
+
+def _scan_test(root: Path) -> Tuple[List[Tuple[Path, str]], Dict[Path, Path]]:
+    test_dir = root / "test"
+    if not test_dir.is_dir():
+        raise DatasetError(f"test folder {test_dir} is missing. {LAYOUT_HELP}")
+    items: List[Tuple[Path, str]] = []
+    for sub in sorted(p for p in test_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        items += [(p, sub.name) for p in list_images(sub)]
+    if not items:
+        raise DatasetError(f"test folder {test_dir} has no images; put test images in "
+                           f"{test_dir}/good and {test_dir}/<defect>")
+    masks: Dict[Path, Path] = {}
+    missing = []
+    for path, defect in items:
+        if defect == GOOD:
+            continue
+        mask = find_mask(root, defect, path)
+        if mask is None:
+            missing.append((path, root / "ground_truth" / defect / f"{path.stem}_mask.png"))
+        else:
+            masks[path] = mask
+    if missing:
+        img, expected = missing[0]
+        raise DatasetError(f"{len(missing)} defect test image(s) have no mask; first: {img} "
+                           f"expects mask {expected}. Add the masks or remove those images")
+    return items, masks
+
+
+# ----------------------------------------------------------------------------- dataset
+class MVTecAD(Dataset):
+    """One category of MVTec AD (or any folder in its layout), split "train" or "test".
+
+    Items are dicts::
+
+        {"image": (3, H, W) float in [-1, 1], "label": 0 good / 1 defect,
+         "mask": (1, H, W) float {0, 1} (zeros for good), "defect": "good" or defect name,
+         "path": str}
+
+    in sorted, deterministic order (by defect folder, then file name). Attributes `paths`,
+    `labels` (list of int), `defects` (list of str) and `defect_types` (sorted unique non-good).
+    With `cache=True` decoded tensors stay in memory after the first load.
+    All layout errors raise DatasetError here, at construction; unreadable images raise when
+    loaded (call `verify()` to check every file up front).
+    """
+
+    def __init__(self, *, data_root: PathLike, category: str, split: str = "train",
+                 image_size: int = 64, cache: bool = True):
+        if split not in ("train", "test"):
+            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        if int(image_size) <= 0:
+            raise ValueError(f"image_size must be positive, got {image_size}")
+        self.data_root = Path(data_root)
+        self.category = category
+        self.split = split
+        self.image_size = int(image_size)
+        self.cache = cache
+        self.root = check_category_root(self.data_root, category)
+        if split == "train":
+            items, self._masks = _scan_train(self.root), {}
+        else:
+            items, self._masks = _scan_test(self.root)
+        self.paths: List[str] = [str(p) for p, _ in items]
+        self.defects: List[str] = [d for _, d in items]
+        self.labels: List[int] = [int(d != GOOD) for d in self.defects]
+        self.defect_types: List[str] = sorted(set(self.defects) - {GOOD})
+        self._cache: Dict[int, Tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def _load(self, index: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        path = Path(self.paths[index])
+        image = load_image(path, self.image_size)
+        if self.labels[index]:
+            mask = load_mask(self._masks[path], self.image_size)
+        else:
+            mask = torch.zeros(1, self.image_size, self.image_size)
+        return image, mask
+
+    def __getitem__(self, index: int) -> dict:
+        if index < 0:
+            index += len(self)
+        if self.cache and index in self._cache:
+            image, mask = self._cache[index]
+        else:
+            image, mask = self._load(index)
+            if self.cache:
+                self._cache[index] = (image, mask)
+        return {"image": image, "label": self.labels[index], "mask": mask,
+                "defect": self.defects[index], "path": self.paths[index]}
+
+    def verify(self) -> "MVTecAD":
+        """Load every image (and mask); raise DatasetError listing the unreadable files.
+
+        Returns self, so `MVTecAD(...).verify()` chains. Fills the cache when `cache=True`.
+        """
+        bad = []
+        for i in range(len(self)):
+            try:
+                self[i]
+            except DatasetError as e:
+                bad.append(str(e))
+        if bad:
+            shown = "\n  ".join(bad[:20]) + (f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else "")
+            raise DatasetError(f"{len(bad)} unreadable file(s) in {self.root} ({self.split}):\n  {shown}")
+        return self
+
+    def __repr__(self) -> str:
+        return (f"MVTecAD(category={self.category!r}, split={self.split!r}, n={len(self)}, "
+                f"image_size={self.image_size}, defect_types={self.defect_types})")
+
+
+# ----------------------------------------------------------------------------- helpers
+def split_train_val(dataset: Dataset, val_fraction: float = 0.1,
+                    seed: int = 0) -> Tuple[Subset, Subset]:
+    """Split the normal training images into (train, val) subsets by a seeded permutation.
+
+    Validation normals are for model selection and for choosing thresholds; the test set is
+    never used for either. At least one validation image when `val_fraction > 0` and the
+    dataset has >= 2 images; at least one training image always.
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    n = len(dataset)
+    n_val = int(round(n * val_fraction))
+    if val_fraction > 0 and n >= 2:
+        n_val = max(n_val, 1)
+    n_val = min(n_val, max(n - 1, 0))
+    g = torch.Generator().manual_seed(int(seed))
+    perm = torch.randperm(n, generator=g).tolist()
+    return Subset(dataset, sorted(perm[n_val:])), Subset(dataset, sorted(perm[:n_val]))
+
+
+def stack_dataset(dataset: Dataset) -> dict:
+    """Load every item into stacked tensors.
+
+    Returns {"images": (N, 3, H, W), "masks": (N, 1, H, W), "labels": (N,) long,
+    "defects": list[str], "paths": list[str]}.
+    """
+    items = [dataset[i] for i in range(len(dataset))]
+    if not items:
+        raise DatasetError("cannot stack an empty dataset")
+    return {
+        "images": torch.stack([it["image"] for it in items]),  # (N, 3, H, W)
+        "masks": torch.stack([it["mask"] for it in items]),  # (N, 1, H, W)
+        "labels": torch.tensor([int(it["label"]) for it in items], dtype=torch.long),
+        "defects": [it["defect"] for it in items],
+        "paths": [it["path"] for it in items],
+    }
+
+
+__all__: Sequence[str] = (
+    "MVTEC_CATEGORIES", "IMAGE_EXTENSIONS", "DatasetError", "MVTecAD", "load_image", "load_mask",
+    "list_images", "find_mask", "find_categories", "check_category_root", "split_train_val",
+    "stack_dataset",
+)

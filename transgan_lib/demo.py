@@ -1,0 +1,266 @@
+"""Embedded demo category "demo" in MVTec AD layout: a DEMO, not a benchmark.
+
+Built deterministically on first use (a few seconds, no download) from real photos bundled in
+scikit-image: `skimage.data.brick()` for the normal surface and `skimage.data.gravel()` for
+pasted foreign material. Both are CC0 (public domain) 512x512 grayscale texture photos that ship
+inside the scikit-image wheel. Numbers measured on this data show that the code works end to
+end; they say nothing about MVTec AD, whose results must be measured on MVTec AD itself.
+
+Normal images: a brick-wall crop (256 px of the photo -> `size` px) at a small random sub-pixel
+offset, a fixed terracotta tint (RGB), and a random per-image lighting change (brightness and
+contrast) large enough that mean intensity alone does not tell normal from defective.
+Defects (each its own test folder, masks in ground_truth/<defect>/<stem>_mask.png, 0/255 L mode):
+
+* scratch: a thin bright or dark curve (3-4 px at 128 px),
+* stain:   a smooth teal blob whose colour shift has zero mean and zero luminance change,
+* patch:   an irregular region pasted from the gravel photo, matched to the local mean.
+
+Defects cover roughly 1-8 % of the image and leave the mean intensity almost unchanged.
+Same seed and parameters -> byte-identical files.
+
+Shape letters: H, W image height and width (= `size`).
+
+Command line (from the repository root)::
+
+    python -m transgan_lib.demo [data_root]    # builds <data_root>/demo, default data/mvtec_ad
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shutil
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Dict, Tuple
+
+import numpy as np
+from PIL import Image, ImageDraw
+from scipy import ndimage
+
+from .data import DEMO_CATEGORY_NAME, DatasetError, MVTecAD, PathLike
+
+DEMO_CATEGORY = DEMO_CATEGORY_NAME
+DEMO_VERSION = 1
+DEMO_DEFECTS: Tuple[str, ...] = ("patch", "scratch", "stain")
+MARKER = ".demo_complete"
+
+_CROP = 256  # px of the 512 px photo per image: bricks stay visible at 64 px
+_REF_MEAN, _REF_STD = 120.0, 28.0  # grey level statistics of the normalised texture
+_TINT = np.array([1.10, 0.86, 0.70], dtype=np.float32)  # terracotta
+# Colour direction with zero channel sum and zero luminance (teal: less red, more green/blue).
+_STAIN_DIR = np.cross([1.0, 1.0, 1.0], [0.299, 0.587, 0.114])
+_STAIN_DIR = (_STAIN_DIR / np.linalg.norm(_STAIN_DIR)).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- textures
+@functools.lru_cache(maxsize=None)
+def _texture(name: str) -> np.ndarray:
+    """A scikit-image texture photo (512, 512) float32, normalised to the reference mean/std."""
+    from skimage import data as skdata
+
+    t = getattr(skdata, name)().astype(np.float32)
+    return (t - t.mean()) / t.std() * _REF_STD + _REF_MEAN
+
+
+def _crop(texture: np.ndarray, rng: np.random.Generator, size: int, jitter: float,
+          crop: int = _CROP) -> np.ndarray:
+    """A `crop` px window of `texture` near its centre (random sub-pixel offset), as (size, size)."""
+    h, w = texture.shape
+    x0 = (w - crop) / 2 + rng.uniform(-jitter, jitter)
+    y0 = (h - crop) / 2 + rng.uniform(-jitter, jitter)
+    img = Image.fromarray(texture)  # mode F
+    out = img.resize((size, size), Image.Resampling.BILINEAR, box=(x0, y0, x0 + crop, y0 + crop))
+    return np.asarray(out, dtype=np.float32)
+
+
+def _blob(rng: np.random.Generator, size: int, radius: float) -> np.ndarray:
+    """An irregular filled blob (size, size) bool, fully inside the image with a margin."""
+    margin = max(4, size // 16) + radius * 1.5
+    cy, cx = rng.uniform(margin, size - margin, 2)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    ang = rng.uniform(0, np.pi)
+    aspect = rng.uniform(0.7, 1.0)
+    dy, dx = yy - cy, xx - cx
+    u = (dx * np.cos(ang) + dy * np.sin(ang)) / radius
+    v = (-dx * np.sin(ang) + dy * np.cos(ang)) / (radius * aspect)
+    theta, dist = np.arctan2(v, u), np.hypot(u, v)
+    edge = 1.0 + sum(rng.uniform(0.05, 0.15) * np.sin(k * theta + rng.uniform(0, 2 * np.pi))
+                     for k in (2, 3, 5))
+    return dist < edge
+
+
+# ----------------------------------------------------------------------------- defects
+def _add_scratch(grey: np.ndarray, rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
+    """A bright or dark quadratic Bezier curve; returns (grey, mask)."""
+    size = grey.shape[0]
+    margin = max(4, size // 16) + 2
+    length = rng.uniform(0.40, 0.60) * size
+    angle = rng.uniform(-1.1, 1.1)  # >= 27 deg off vertical: never hides in a mortar line
+    half = 0.5 * length * np.array([np.cos(angle), np.sin(angle)])
+    centre = rng.uniform(margin + abs(half), size - margin - abs(half))
+    p0, p2 = centre - half, centre + half
+    bend = rng.uniform(-0.25, 0.25) * length * np.array([-np.sin(angle), np.cos(angle)])
+    p1 = centre + bend
+    t = np.linspace(0, 1, 64)[:, None]
+    pts = (1 - t) ** 2 * p0 + 2 * (1 - t) * t * p1 + t ** 2 * p2  # (64, 2) as (x, y)
+    pts = np.clip(pts, margin, size - 1 - margin)
+    width = max(2, int(round(rng.uniform(3.0, 4.5) * size / 128)))
+    canvas = Image.new("L", (size, size), 0)
+    ImageDraw.Draw(canvas).line([tuple(p) for p in pts], fill=255, width=width, joint="curve")
+    mask = np.asarray(canvas) > 0
+    sign = rng.choice([-1.0, 1.0])  # bright and dark scratches balance the mean
+    soft = ndimage.gaussian_filter(mask.astype(np.float32), 0.6)
+    return grey + sign * rng.uniform(65, 90) * np.clip(soft * 1.5, 0, 1), mask
+
+
+def _add_patch(grey: np.ndarray, rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
+    """A blob of gravel pasted in, matched to the local mean; returns (grey, mask)."""
+    size = grey.shape[0]
+    mask = _blob(rng, size, rng.uniform(0.09, 0.14) * size)
+    # Gravel at twice the brick's magnification: stones stay visible at 64 px.
+    gravel = _crop(_texture("gravel"), rng, size, jitter=150, crop=_CROP // 2)
+    local_mean = grey[mask].mean()
+    patch = (gravel - gravel[mask].mean()) * 1.5 + local_mean  # stronger texture, same mean
+    out = np.where(mask, patch, grey)
+    return out, mask
+
+
+def _add_stain(rgb: np.ndarray, rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
+    """A smooth teal blob with zero mean and luminance change; returns (rgb, mask)."""
+    size = rgb.shape[0]
+    radius = rng.uniform(0.09, 0.13) * size
+    hard = _blob(rng, size, radius)
+    alpha = ndimage.gaussian_filter(hard.astype(np.float32), 0.2 * radius)
+    alpha = np.clip(alpha / max(alpha.max(), 1e-6) * 1.2, 0, 1)  # (H, W) soft edge, flat core
+    shift = rng.uniform(70, 95) * _STAIN_DIR  # (3,)
+    return rgb + alpha[..., None] * shift, alpha >= 0.5
+
+
+# ----------------------------------------------------------------------------- images
+def make_demo_image(rng: np.random.Generator, size: int, defect: str = "good") -> Tuple[np.ndarray, np.ndarray]:
+    """One demo image (H, W, 3) uint8 and its mask (H, W) uint8 0/255 (all zero for "good")."""
+    if defect not in ("good",) + DEMO_DEFECTS:
+        raise ValueError(f"unknown demo defect {defect!r}; known: good, {', '.join(DEMO_DEFECTS)}")
+    # Background and lighting are drawn first: the same rng state gives the same normal image.
+    grey = _crop(_texture("brick"), rng, size, jitter=48)
+    contrast, brightness = rng.uniform(0.7, 1.3), rng.uniform(-40, 40)
+    mask = np.zeros((size, size), dtype=bool)
+    if defect == "scratch":
+        grey, mask = _add_scratch(grey, rng)
+    elif defect == "patch":
+        grey, mask = _add_patch(grey, rng)
+    rgb = grey[..., None] * _TINT  # (H, W, 3)
+    if defect == "stain":
+        rgb, mask = _add_stain(rgb, rng)
+    # Lighting: per-image contrast and brightness around the reference grey level.
+    rgb = (rgb - _REF_MEAN) * contrast + _REF_MEAN + brightness
+    image = np.clip(np.round(rgb), 0, 255).astype(np.uint8)
+    return image, mask.astype(np.uint8) * 255
+
+
+def _save_png(array: np.ndarray, path: Path) -> None:
+    Image.fromarray(array).save(path, format="PNG", optimize=False)
+
+
+# ----------------------------------------------------------------------------- build
+def _params(n_train: int, n_test_good: int, n_test_per_defect: int, size: int, seed: int) -> dict:
+    return {"version": DEMO_VERSION, "n_train": int(n_train), "n_test_good": int(n_test_good),
+            "n_test_per_defect": int(n_test_per_defect), "size": int(size), "seed": int(seed),
+            "defects": list(DEMO_DEFECTS)}
+
+
+def _read_marker(folder: Path):
+    try:
+        return json.loads((folder / MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _write_demo(folder: Path, params: dict) -> None:
+    """Write every file of the demo category into `folder` (which exists and is empty)."""
+    size, seed = params["size"], params["seed"]
+    plan = [("train", "good", params["n_train"]), ("test", "good", params["n_test_good"])]
+    plan += [("test", d, params["n_test_per_defect"]) for d in DEMO_DEFECTS]
+    for split_id, (split, defect, n) in enumerate(plan):
+        (folder / split / defect).mkdir(parents=True)
+        if defect != "good":
+            (folder / "ground_truth" / defect).mkdir(parents=True)
+        for i in range(n):
+            # One generator per image: adding images never changes the existing ones.
+            rng = np.random.default_rng([seed, split_id, i])
+            image, mask = make_demo_image(rng, size, defect)
+            _save_png(image, folder / split / defect / f"{i:03d}.png")
+            if defect != "good":
+                _save_png(mask, folder / "ground_truth" / defect / f"{i:03d}_mask.png")
+    (folder / "README.txt").write_text(
+        "Demo category built by transgan_lib.demo: a DEMO, not a benchmark.\n"
+        "Source photos: skimage.data.brick() and skimage.data.gravel() (CC0, bundled in "
+        "scikit-image).\nDefects are synthetic: " + ", ".join(DEMO_DEFECTS) + ".\n")
+    (folder / MARKER).write_text(json.dumps(params, indent=2, sort_keys=True))
+
+
+def ensure_demo_data(data_root: PathLike = "data/mvtec_ad", category: str = DEMO_CATEGORY, *,
+                     n_train: int = 200, n_test_good: int = 40, n_test_per_defect: int = 20,
+                     size: int = 128, seed: int = 0) -> Path:
+    """Build the demo category `<data_root>/<category>` in MVTec layout if needed; return its path.
+
+    A demo, not a benchmark (see the module docstring). Idempotent: if the folder holds a
+    `.demo_complete` marker with the same version and parameters, it returns at once. Otherwise
+    it builds into a temporary folder next to it and renames that into place, so an interrupted
+    build never leaves half a dataset. A demo built with other parameters is replaced; a folder
+    without the marker is never touched (DatasetError).
+    """
+    if min(n_train, n_test_good, n_test_per_defect) < 1 or size < 16:
+        raise ValueError(f"demo needs n_train, n_test_good, n_test_per_defect >= 1 and size >= 16; "
+                         f"got {n_train}, {n_test_good}, {n_test_per_defect}, {size}")
+    data_root, params = Path(data_root), _params(n_train, n_test_good, n_test_per_defect, size, seed)
+    target = data_root / category
+    if _read_marker(target) == params:
+        return target
+    if target.exists() and _read_marker(target) is None:
+        raise DatasetError(f"{target} exists but is not a complete demo build (no {MARKER}); "
+                           f"delete it or choose another data_root/category")
+    data_root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=data_root, prefix=f".{category}.building-"))
+    try:
+        _write_demo(tmp, params)
+        if target.exists():  # an old demo with other parameters: move aside, then replace
+            old = data_root / f".{category}.old-{uuid.uuid4().hex[:8]}"
+            os.replace(target, old)
+            shutil.rmtree(old, ignore_errors=True)
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            if _read_marker(target) == params:  # another process finished the same build first
+                return target
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def prepare_data(data_root: PathLike, category: str, **demo_kwargs) -> Path:
+    """Make `<data_root>/<category>` ready and return its path (notebooks call this first).
+
+    For the demo category, build it if needed (`ensure_demo_data`, `demo_kwargs` passed on);
+    for any other category, check the folder by constructing the MVTecAD train split, which
+    raises DatasetError with the fix when the data are missing or mis-laid.
+    """
+    if category == DEMO_CATEGORY:
+        return ensure_demo_data(data_root, category, **demo_kwargs)
+    if demo_kwargs:
+        raise ValueError(f"demo options {sorted(demo_kwargs)} only apply to category '{DEMO_CATEGORY}'")
+    return MVTecAD(data_root=data_root, category=category, split="train").root
+
+
+def main(argv=None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    root = ensure_demo_data(args[0] if args else "data/mvtec_ad")
+    print(f"demo category ready (a demo, not a benchmark): {root}")
+
+
+if __name__ == "__main__":
+    main()
