@@ -1,0 +1,182 @@
+"""Tests for transgan_lib.mapping (iterative AnoGAN latent search, batched)."""
+import urllib.error
+
+import pytest
+import torch
+from torch import nn
+
+from transgan_lib import maps, perceptual
+from transgan_lib.config import ModelConfig
+from transgan_lib.mapping import (MappingResult, PerceptualWeightsError, latent_init, load_perceptual_net,
+                                  map_to_latent, per_image_loss)
+from transgan_lib.models import build_models
+
+SIZE, LATENT = 16, 16
+
+
+class LinearTanhGenerator(nn.Module):
+    """G(z) = tanh(W z) as an image, W fixed: images tanh(W z0) lie exactly in its range, so the
+    search can reconstruct them, but not a pasted square (8 dims cannot draw it)."""
+
+    def __init__(self, *, latent_dim=8, image_size=SIZE, channels=3, seed=1):
+        super().__init__()
+        self.latent_dim, self.image_size, self.channels = latent_dim, image_size, channels
+        self.to_pixels = nn.Linear(latent_dim, channels * image_size ** 2, bias=False)
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            self.to_pixels.weight.copy_(torch.randn(self.to_pixels.weight.shape, generator=g) / latent_dim ** 0.5)
+
+    def forward(self, z):
+        return torch.tanh(self.to_pixels(z)).view(-1, self.channels, self.image_size, self.image_size)
+
+
+@pytest.fixture(scope="module")
+def gan():
+    torch.manual_seed(0)
+    return build_models(ModelConfig(image_size=SIZE, model_size="tiny", latent_dim=LATENT))
+
+
+@pytest.fixture(scope="module")
+def targets(gan):
+    G, _ = gan
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():  # reachable images plus a little noise
+        return (G(torch.randn(5, LATENT, generator=g)) + 0.05 * torch.randn(5, 3, SIZE, SIZE, generator=g)).clamp(-1, 1)
+
+
+def test_latent_init_does_not_depend_on_batching():
+    full = latent_init(5, LATENT, seed=3)
+    torch.testing.assert_close(latent_init(2, LATENT, seed=3, start_index=3), full[3:])
+    assert not torch.allclose(latent_init(5, LATENT, seed=3, restart=1), full)
+    assert not torch.allclose(latent_init(5, LATENT, seed=4), full)
+
+
+def test_batched_mapping_equals_one_image_at_a_time(gan, targets):
+    G, D = gan
+    kw = dict(iterations=12, lr=0.05, restarts=2, seed=7, progress=False)
+    batched = map_to_latent(G, D, targets, batch_size=5, **kw)
+    for other in (map_to_latent(G, D, targets, batch_size=3, **kw),  # uneven last batch
+                  map_to_latent(G, D, targets, batch_size=1, **kw)):  # one image per batch
+        torch.testing.assert_close(batched.z, other.z, atol=1e-4, rtol=0)
+        torch.testing.assert_close(batched.total_score, other.total_score, atol=1e-5, rtol=0)
+        assert torch.equal(batched.best_restart, other.best_restart)
+    # a separate call on image 3 alone, started from the code the batch gave it
+    kw.update(restarts=1)
+    batched = map_to_latent(G, D, targets, batch_size=5, **kw)
+    alone = map_to_latent(G, D, targets[3:4], z_init=latent_init(5, LATENT, seed=7)[3:4], **kw)
+    torch.testing.assert_close(alone.z, batched.z[3:4], atol=1e-4, rtol=0)
+    assert not torch.allclose(batched.z[3], batched.z[2])
+
+
+def test_search_lowers_the_loss_of_every_image(gan, targets):
+    G, D = gan
+    res = map_to_latent(G, D, targets, iterations=30, lr=0.05, record_every=10, progress=False)
+    assert res.loss_history.shape == (4, 5) and res.history_steps == [0, 10, 20, 30]
+    assert (res.loss_history[-1] < res.loss_history[0]).all()
+    torch.testing.assert_close(res.loss_history[-1], res.total_score)
+
+
+def test_reconstructions_are_G_of_the_kept_codes(gan, targets):
+    G, D = gan
+    res = map_to_latent(G, D, targets, iterations=10, restarts=2, progress=False)
+    assert isinstance(res, MappingResult) and res.z.shape == (5, LATENT) and len(res) == 5
+    with torch.no_grad():
+        x_hat = G(res.z)
+        _, f_hat = D(x_hat, return_features=True)
+        _, f_x = D(targets, return_features=True)
+    torch.testing.assert_close(res.reconstructions, x_hat, atol=1e-5, rtol=0)
+    torch.testing.assert_close(res.features_rec, f_hat, atol=1e-4, rtol=0)
+    torch.testing.assert_close(res.features_x, f_x, atol=1e-4, rtol=0)
+    loss, residual, feat = per_image_loss(targets, x_hat, f_x, f_hat, 0.1)
+    torch.testing.assert_close(res.residual_score, residual, atol=1e-5, rtol=0)
+    torch.testing.assert_close(res.feature_score, feat, atol=1e-5, rtol=0)
+    torch.testing.assert_close(res.total_score, loss, atol=1e-5, rtol=0)
+    assert res.feature_grid == D.feature_grid
+    fmap = maps.feature_residual_map(res.features_x, res.features_rec, res.feature_grid, (SIZE, SIZE))
+    assert fmap.shape == (5, SIZE, SIZE)
+
+
+def test_models_are_frozen_during_and_restored_after(gan, targets):
+    G, D = gan
+    G.train(), D.eval()
+    before = [p.clone() for p in G.parameters()]
+    map_to_latent(G, D, targets[:2], iterations=3, progress=False)
+    assert G.training and not D.training  # each module's own mode comes back
+    assert all(p.requires_grad for p in G.parameters()) and all(p.requires_grad for p in D.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(before, G.parameters()))  # only z was optimised
+
+
+def test_restarts_keep_the_best_restart_per_image(gan, targets):
+    G, D = gan
+    kw = dict(iterations=10, lr=0.05, seed=2, progress=False)
+    multi = map_to_latent(G, D, targets, restarts=3, **kw)
+    each = [map_to_latent(G, D, targets, z_init=latent_init(5, LATENT, seed=2, restart=k), **kw) for k in range(3)]
+    scores = torch.stack([r.total_score for r in each])  # (K, B)
+    best = scores.argmin(0)
+    assert torch.equal(multi.best_restart, best)
+    torch.testing.assert_close(multi.total_score, scores.min(0).values, atol=1e-5, rtol=0)
+    assert len(set(best.tolist())) > 1  # not always restart 0: the choice matters here
+    for i, k in enumerate(best.tolist()):
+        torch.testing.assert_close(multi.z[i], each[k].z[i], atol=1e-4, rtol=0)
+
+
+def test_iterations_zero_scores_the_initial_codes(gan, targets):
+    G, D = gan
+    z0 = torch.randn(5, LATENT)
+    res = map_to_latent(G, D, targets, iterations=0, z_init=z0, progress=False)
+    torch.testing.assert_close(res.z, z0)
+    assert res.loss_history.shape == (1, 5) and res.history_steps == [0]
+
+
+def test_pasted_defect_scores_higher_and_heatmap_peaks_inside(gan):
+    _, D = gan
+    G = LinearTanhGenerator()
+    with torch.no_grad():
+        normals = G(torch.randn(3, 8, generator=torch.Generator().manual_seed(2)))
+    defects = normals.clone()
+    defects[:, :, 4:9, 8:13] = 1.0  # a 5x5 white square at rows 4..8, cols 8..12
+    res = map_to_latent(G, D, torch.cat([normals, defects]), iterations=150, lr=0.05, progress=False)
+    normal_scores, defect_scores = res.total_score[:3], res.total_score[3:]
+    assert normal_scores.max() < 0.01  # normals are in G's range: near-perfect reconstruction
+    assert defect_scores.min() > 5 * normal_scores.max()
+    heat = maps.gaussian_smooth(maps.residual_map(defects, res.reconstructions[3:]), sigma=1.0)  # (3, H, W)
+    rows, cols = heat.flatten(1).argmax(1) // SIZE, heat.flatten(1).argmax(1) % SIZE
+    assert ((rows >= 4) & (rows <= 8) & (cols >= 8) & (cols <= 12)).all()
+
+
+def test_feature_none_scores_the_residual_only(gan, targets):
+    G, _ = gan
+    res = map_to_latent(G, None, targets, iterations=3, feature="none", progress=False)
+    assert torch.equal(res.feature_score, torch.zeros(5))
+    torch.testing.assert_close(res.total_score, res.residual_score)
+    assert res.features_x is None and res.feature_grid is None
+
+
+def test_perceptual_features_with_a_given_network(gan, targets):
+    G, _ = gan
+    net = load_perceptual_net("resnet18", pretrained=False)  # random weights: no download
+    res = map_to_latent(G, None, targets[:2], iterations=2, feature="perceptual", perceptual_net=net,
+                        progress=False)
+    assert res.feature_grid == (2, 2)  # resnet18 layer2: 1/8 resolution
+    assert res.features_x.shape == (2, 4, 128) and (res.feature_score > 0).all()
+
+
+def test_perceptual_weights_unavailable_gives_a_clear_error(gan, targets, monkeypatch):
+    def offline(name, pretrained):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(perceptual, "_load_torchvision_model", offline)
+    G, _ = gan
+    with pytest.raises(PerceptualWeightsError, match="feature='discriminator'") as err:
+        map_to_latent(G, None, targets[:1], iterations=1, feature="perceptual", progress=False)
+    assert "resnet18" in str(err.value) and "no network" in str(err.value)
+
+
+def test_invalid_arguments_are_reported(gan, targets):
+    G, D = gan
+    with pytest.raises(ValueError, match="unknown feature"):
+        map_to_latent(G, D, targets, feature="pixels", progress=False)
+    with pytest.raises(ValueError, match="z_init must have shape"):
+        map_to_latent(G, D, targets, z_init=torch.zeros(2, LATENT), progress=False)
+    with pytest.raises(ValueError, match="needs the discriminator"):
+        map_to_latent(G, None, targets, progress=False)

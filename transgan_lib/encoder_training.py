@@ -1,0 +1,193 @@
+"""Training the f-AnoGAN encoder (izi_f, Schlegl et al. 2019) against a frozen TransGAN; checkpoints.
+
+Shape letters: B batch, C channels, H/W image height/width, Z latent size, N feature tokens,
+F feature width.
+
+The encoder E is trained on normal images only, with G and D frozen (eval mode, no augmentation):
+
+    loss = MSE(x, G(E(x))) + kappa * MSE(f(x), f(G(E(x))))
+
+with f the discriminator's final patch tokens (`D(x, return_features=True)`). Use the trained E
+with `mapping.map_images(method="encoder" | "hybrid", encoder=E)`.
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+from tqdm.auto import tqdm
+
+from .config import ConfigError
+from .mapping import frozen
+from .models.encoder import LatentEncoder
+from .utils import atomic_torch_save, autocast, autocast_dtype, resolve_device
+
+PathLike = Union[str, os.PathLike]
+Images = Union[torch.Tensor, Dataset, DataLoader]
+ENCODER_CHECKPOINT_NAME = "encoder.pt"
+
+
+def encoder_checkpoint_path(output_dir: PathLike, category: str) -> Path:
+    """Where the encoder of a category lives: beside the GAN's, `<output_dir>/<category>/encoder.pt`."""
+    return Path(output_dir) / category / ENCODER_CHECKPOINT_NAME
+
+
+def _loader(data: Images, batch_size: int, *, shuffle: bool, seed: int) -> DataLoader:
+    """A DataLoader over a (B, C, H, W) tensor, a Dataset (e.g. MVTecAD), or a DataLoader as is."""
+    if isinstance(data, DataLoader):
+        return data
+    if isinstance(data, torch.Tensor):
+        if data.dim() != 4:
+            raise ValueError(f"images must be (B, C, H, W), got shape {tuple(data.shape)}")
+        data = TensorDataset(data)
+    if len(data) == 0:
+        raise ValueError("no images to train the encoder on (empty dataset)")
+    g = torch.Generator().manual_seed(seed)
+    return DataLoader(data, batch_size=batch_size, shuffle=shuffle, generator=g)
+
+
+def _images_of(batch: Any) -> torch.Tensor:
+    """The (B, C, H, W) images of a batch: a tensor, a (images, ...) tuple or a {"image": ...} dict."""
+    if isinstance(batch, dict):
+        return batch["image"]
+    if isinstance(batch, (list, tuple)):
+        return batch[0]
+    return batch
+
+
+def encoder_loss(G: nn.Module, D: nn.Module, E: nn.Module, x: torch.Tensor,
+                 kappa: float) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss, image_mse, feature_mse), scalars: MSE(x, G(E(x))) + kappa * MSE(f(x), f(G(E(x))))."""
+    x_hat = G(E(x))  # (B, C, H, W)
+    image_mse = F.mse_loss(x_hat.float(), x.float())
+    if kappa == 0:
+        return image_mse, image_mse, torch.zeros_like(image_mse)
+    with torch.no_grad():
+        f_x = D(x, return_features=True)[1]  # (B, N, F) target, no gradient needed
+    f_hat = D(x_hat, return_features=True)[1]
+    feature_mse = F.mse_loss(f_hat.float(), f_x.float())
+    return image_mse + kappa * feature_mse, image_mse, feature_mse
+
+
+def _mean_val_loss(G, D, E, loader, kappa, device, amp_dtype) -> float:
+    E.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for batch in loader:
+            x = _images_of(batch).to(device=device, dtype=torch.float32)
+            with autocast(device, amp_dtype):
+                loss, _, _ = encoder_loss(G, D, E, x, kappa)
+            total += loss.item() * x.shape[0]
+            count += x.shape[0]
+    E.train()
+    return total / max(count, 1)
+
+
+def _check_compatible(G: nn.Module, E: nn.Module) -> None:
+    g_dim, g_size = getattr(G, "latent_dim", None), getattr(G, "image_size", None)
+    if g_dim is not None and E.latent_dim != g_dim:
+        raise ConfigError(f"encoder latent_dim {E.latent_dim} does not match the generator's {g_dim}")
+    if g_size is not None and E.image_size != g_size:
+        raise ConfigError(f"encoder image_size {E.image_size} does not match the generator's {g_size}")
+
+
+def train_encoder(G: nn.Module, D: nn.Module, train_images_or_loader: Images, *, epochs: int,
+                  batch_size: int = 32, lr: float = 1e-4, kappa: float = 1.0, seed: int = 0,
+                  device: Optional[str] = None, progress: bool = True, val_images: Optional[Images] = None,
+                  checkpoint_path: Optional[PathLike] = None, encoder: Optional[LatentEncoder] = None,
+                  model_size: str = "tiny", gan_checkpoint: Optional[str] = None,
+                  amp: str = "off") -> Tuple[LatentEncoder, Dict[str, list]]:
+    """Train an encoder E: x -> z so that G(E(x)) reconstructs the normal training images.
+
+    Args:
+        G, D: the trained (EMA) generator and discriminator; frozen during training, restored after.
+            Moved to `device` when one is given.
+        train_images_or_loader: normal images (B, C, H, W) in [-1, 1], a Dataset whose items are
+            tensors, tuples or {"image": ...} dicts (MVTecAD), or a DataLoader.
+        epochs, batch_size, lr (Adam): the schedule; kappa: weight of the feature MSE (0 = none).
+        seed: encoder initialisation and shuffling (the global RNG is left untouched).
+        device: None = G's device, or "auto"/"cpu"/"cuda"...
+        val_images: optional held-out normals, same forms; adds "val_loss" to the history.
+        checkpoint_path: where to save {"E", "encoder_config", "history", "gan_checkpoint"} after
+            every epoch (atomic), e.g. `encoder_checkpoint_path(output_dir, category)`.
+        encoder: an existing LatentEncoder to continue training, else a new one of `model_size`.
+        gan_checkpoint: path or name of the GAN checkpoint, stored in the encoder's checkpoint.
+        amp: "off", "auto", "bf16", "fp16" autocast on CUDA.
+    Returns:
+        (E in eval mode, history) with history lists per epoch: "epoch", "train_loss",
+        "train_image_mse", "train_feature_mse", "seconds" and, with val_images, "val_loss".
+    """
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    device = next(G.parameters()).device if device is None else resolve_device(device)
+    G.to(device), D.to(device)
+    if encoder is None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            encoder = LatentEncoder(image_size=G.image_size, latent_dim=G.latent_dim,
+                                    channels=getattr(G, "channels", 3), model_size=model_size)
+    _check_compatible(G, encoder)
+    E = encoder.to(device).train()
+    train_loader = _loader(train_images_or_loader, batch_size, shuffle=True, seed=seed)
+    val_loader = None if val_images is None else _loader(val_images, batch_size, shuffle=False, seed=seed)
+    amp_dtype = autocast_dtype(device, amp)
+    opt = torch.optim.Adam(E.parameters(), lr=lr)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    keys = ["epoch", "train_loss", "train_image_mse", "train_feature_mse", "seconds"]
+    history: Dict[str, list] = {k: [] for k in keys + (["val_loss"] if val_loader is not None else [])}
+    with frozen(G, D):
+        for epoch in tqdm(range(1, epochs + 1), desc="encoder", disable=not progress, unit="epoch"):
+            start, sums, count = time.perf_counter(), torch.zeros(3), 0
+            for batch in train_loader:
+                x = _images_of(batch).to(device=device, dtype=torch.float32)
+                with autocast(device, amp_dtype):
+                    losses = encoder_loss(G, D, E, x, kappa)
+                opt.zero_grad(set_to_none=True)
+                scaler.scale(losses[0]).backward()
+                scaler.step(opt)
+                scaler.update()
+                sums += torch.stack([t.detach().float().cpu() for t in losses]) * x.shape[0]
+                count += x.shape[0]
+            means = (sums / count).tolist()
+            for key, value in zip(keys, [epoch, *means, time.perf_counter() - start]):
+                history[key].append(value)
+            if val_loader is not None:
+                history["val_loss"].append(_mean_val_loss(G, D, E, val_loader, kappa, device, amp_dtype))
+            if checkpoint_path is not None:
+                save_encoder(E, checkpoint_path, history=history, gan_checkpoint=gan_checkpoint)
+    return E.eval(), history
+
+
+def save_encoder(E: LatentEncoder, path: PathLike, *, history: Optional[Dict[str, list]] = None,
+                 gan_checkpoint: Optional[str] = None) -> Path:
+    """Atomically save {"E": state_dict, "encoder_config", "history", "gan_checkpoint"}."""
+    state = {k: v.detach().cpu() for k, v in E.state_dict().items()}
+    return atomic_torch_save({"E": state, "encoder_config": E.config(), "history": history or {},
+                              "gan_checkpoint": None if gan_checkpoint is None else str(gan_checkpoint)}, path)
+
+
+def load_encoder(path: PathLike, device: str = "cpu") -> Tuple[LatentEncoder, Dict[str, Any]]:
+    """Load an encoder checkpoint written by `train_encoder` / `save_encoder`.
+
+    Returns:
+        (E in eval mode on `device`, meta) with meta = {"encoder_config", "history", "gan_checkpoint"}.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no encoder checkpoint at {path}; train one with "
+                                f"transgan_lib.encoder_training.train_encoder(..., checkpoint_path={str(path)!r})")
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    missing = sorted({"E", "encoder_config"} - set(ckpt))
+    if missing:
+        raise ConfigError(f"{path} is not an encoder checkpoint (missing {missing}); "
+                          f"is it the GAN checkpoint? The encoder is saved as {ENCODER_CHECKPOINT_NAME}")
+    E = LatentEncoder(**ckpt["encoder_config"])
+    E.load_state_dict(ckpt["E"])
+    meta = {k: ckpt.get(k) for k in ("encoder_config", "history", "gan_checkpoint")}
+    return E.to(resolve_device(device)).eval(), meta
