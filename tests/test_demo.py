@@ -144,3 +144,11 @@ def test_prepare_data(tmp_path):
     (tmp_path / "copy").mkdir()
     (cat.rename(tmp_path / "copy" / "mycat"))
     assert prepare_data(tmp_path / "copy", "mycat") == tmp_path / "copy" / "mycat"
+
+
+def test_prepare_data_keeps_an_existing_build_of_any_size(tmp_path):
+    cat = prepare_data(tmp_path, DEMO_CATEGORY, **SMALL)
+    marker = (cat / ".demo_complete").stat().st_mtime_ns
+    assert prepare_data(tmp_path, DEMO_CATEGORY) == cat  # no kwargs: the small build stays
+    assert (cat / ".demo_complete").stat().st_mtime_ns == marker
+    assert len(MVTecAD(data_root=tmp_path, category=DEMO_CATEGORY, split="test", image_size=16)) == 8

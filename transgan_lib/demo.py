@@ -245,11 +245,15 @@ def ensure_demo_data(data_root: PathLike = "data/mvtec_ad", category: str = DEMO
 def prepare_data(data_root: PathLike, category: str, **demo_kwargs) -> Path:
     """Make `<data_root>/<category>` ready and return its path (notebooks call this first).
 
-    For the demo category, build it if needed (`ensure_demo_data`, `demo_kwargs` passed on);
+    For the demo category, build it if needed (`ensure_demo_data`, `demo_kwargs` passed on); a
+    complete build of the current version is kept as it is when no `demo_kwargs` are given;
     for any other category, check the folder by constructing the MVTecAD train split, which
     raises DatasetError with the fix when the data are missing or mis-laid.
     """
     if category == DEMO_CATEGORY:
+        marker = _read_marker(Path(data_root) / category)
+        if not demo_kwargs and marker is not None and marker.get("version") == DEMO_VERSION:
+            return Path(data_root) / category  # keep a complete build of this version, whatever its size
         return ensure_demo_data(data_root, category, **demo_kwargs)
     if demo_kwargs:
         raise ValueError(f"demo options {sorted(demo_kwargs)} only apply to category '{DEMO_CATEGORY}'")
