@@ -50,7 +50,8 @@ def autocast(device: torch.device, dtype) -> contextlib.AbstractContextManager:
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def _atomic_write(path: PathLike, write_fn, mode: str = "wb") -> Path:
+def atomic_write(path: PathLike, write_fn, mode: str = "wb") -> Path:
+    """Call `write_fn(file)` on a temp file in the same folder, fsync, then rename over `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -69,12 +70,12 @@ def _atomic_write(path: PathLike, write_fn, mode: str = "wb") -> Path:
 
 def atomic_torch_save(obj: Any, path: PathLike) -> Path:
     """torch.save to a temp file in the same folder, then rename: a crash never leaves half a file."""
-    return _atomic_write(path, lambda f: torch.save(obj, f))
+    return atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def atomic_write_json(obj: Any, path: PathLike) -> Path:
-    return _atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2, default=float)), mode="w")
+    return atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2, default=float)), mode="w")
 
 
 def atomic_write_text(text: str, path: PathLike) -> Path:
-    return _atomic_write(path, lambda f: f.write(text), mode="w")
+    return atomic_write(path, lambda f: f.write(text), mode="w")

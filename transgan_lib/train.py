@@ -1,0 +1,485 @@
+"""Plain GAN training loop for TransGAN on the normal images of one category.
+
+Shape letters: B batch, K fixed samples, L latent_dim, C channels, H, W image height and width.
+
+One *step* is one discriminator update on one real batch; the generator is updated after every
+`n_critic`-th step, and its EMA copy (the model used for samples, scoring and returned) right
+after. Loss: WGAN-GP with drift (default) or hinge; DiffAugment on everything D sees in training.
+
+Reproducibility: model init uses `cfg.seed`; every random draw of epoch e (noise, augmentation,
+penalty mixing) comes from a CPU generator seeded by (seed, e, rank), and the data order from a
+DistributedSampler seeded by (seed, e). A checkpoint at an epoch boundary therefore holds all the
+state needed; a run stopped by `max_steps` also saves the partial epoch (batch index, generator
+state, running sums), so stopping and resuming ends with exactly the weights of an uninterrupted
+run. After a crash, resuming restarts the epoch from the last checkpoint (same result too).
+
+Launch under torchrun (WORLD_SIZE > 1) for DistributedDataParallel: `batch_size` is per process,
+only rank 0 writes files, and the history is complete on rank 0.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler
+from tqdm.auto import tqdm
+
+from .augment import diff_augment
+from .checkpoint import (CHECKPOINT_NAME, CheckpointError, check_compatible, load_checkpoint,
+                         load_generator, load_models, make_checkpoint, resume_state, write_history)
+from .config import ConfigError, ModelConfig, TrainConfig
+from .losses import (d_loss_hinge, d_loss_wgan, drift_penalty, g_loss_hinge, g_loss_wgan,
+                     gradient_penalty)
+from .models.transgan import build_models
+from .utils import atomic_torch_save, autocast, autocast_dtype, resolve_device, seed_everything
+from .viz import COLLAPSE_THRESHOLD, plot_history, save_figure, save_image_grid
+
+N_FIXED = 16  # fixed samples (and real images) for the diversity ratio and sample grids
+
+
+# ----------------------------------------------------------------------------- diversity
+def sample_diversity(images: torch.Tensor) -> float:
+    """Mean pairwise L2 distance between the flattened images (B, C, H, W); 0 for B < 2."""
+    flat = images.detach().float().flatten(1).cpu()  # (B, C*H*W)
+    return float(torch.pdist(flat).mean()) if flat.shape[0] >= 2 else 0.0
+
+
+def diversity_ratio(fake: torch.Tensor, real: torch.Tensor) -> float:
+    """sample_diversity(fake) / sample_diversity(real): ~1 healthy, ~0 collapsed (all samples
+    alike); NaN when the real images have no diversity to compare with."""
+    ref = sample_diversity(real)
+    return sample_diversity(fake) / ref if ref > 0 else float("nan")
+
+
+def evaluate_diversity(generator: nn.Module, fixed_z: torch.Tensor, real: torch.Tensor,
+                       epoch: Optional[int] = None, warn: bool = True) -> Dict[str, Any]:
+    """Generate from `fixed_z` (K, L); return {"diversity" (ratio to `real` (K', C, H, W)),
+    "collapse_warning" (ratio < 0.1), "samples" (K, C, H, W) on CPU}. With `warn`, a flagged
+    collapse also raises a RuntimeWarning."""
+    device = next(generator.parameters()).device
+    with torch.no_grad():
+        samples = generator(fixed_z.to(device)).float().cpu()
+    ratio = diversity_ratio(samples, real)
+    collapsed = bool(ratio < COLLAPSE_THRESHOLD)
+    if collapsed and warn:
+        where = f"epoch {epoch}: " if epoch is not None else ""
+        warnings.warn(f"{where}sample diversity ratio {ratio:.3f} < {COLLAPSE_THRESHOLD}: the "
+                      "generator may have collapsed (its samples are nearly identical). Try a "
+                      "lower lr, more n_critic, or DiffAugment.", RuntimeWarning, stacklevel=2)
+    return {"diversity": ratio, "collapse_warning": collapsed, "samples": samples}
+
+
+def ema_warmup_multi_avg_fn(decay: float):
+    """EMA update with a warm-up: the decay used after t updates is min(decay, (1 + t) / (10 + t)),
+    so a short run's EMA follows G instead of staying at G's (near-constant) initial weights."""
+    @torch.no_grad()
+    def fn(ema_params, params, num_averaged):
+        t = float(num_averaged)
+        torch._foreach_lerp_(ema_params, params, 1.0 - min(decay, (1.0 + t) / (10.0 + t)))
+    return fn
+
+
+def build_ema(G: nn.Module, decay: float, warmup: bool = True) -> AveragedModel:
+    """EMA of G's parameters: the first update copies G, later ones do
+    ema = d * ema + (1 - d) * G with d = decay (warmup=False) or the warm-up decay above."""
+    fn = ema_warmup_multi_avg_fn(decay) if warmup else get_ema_multi_avg_fn(decay)
+    return AveragedModel(G, multi_avg_fn=fn)
+
+
+# ----------------------------------------------------------------------------- state
+@dataclass
+class GANState:
+    """Everything a training step touches. `G_train`/`D_train` are the DDP wrappers (or G/D)."""
+    cfg: TrainConfig
+    model_config: ModelConfig
+    device: torch.device
+    G: nn.Module
+    D: nn.Module
+    ema: AveragedModel
+    opt_G: torch.optim.Optimizer
+    opt_D: torch.optim.Optimizer
+    scaler_G: torch.amp.GradScaler
+    scaler_D: torch.amp.GradScaler
+    amp_dtype: Optional[torch.dtype]
+    fixed_z: torch.Tensor
+    G_train: Optional[nn.Module] = None
+    D_train: Optional[nn.Module] = None
+    step: int = 0
+    g_step: int = 0
+    epoch: int = 0  # fully completed epochs
+    history: List[Dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def create(cls, cfg: TrainConfig, device: torch.device) -> "GANState":
+        """Seeded models, EMA, Adam optimizers, grad scalers (active for fp16 only), fixed z."""
+        mc = cfg.model_config()
+        seed_everything(cfg.seed)
+        G, D = (m.to(device) for m in build_models(mc))
+        amp_dtype = autocast_dtype(device, cfg.amp)
+        fp16 = amp_dtype == torch.float16
+        adam = lambda m: torch.optim.Adam(m.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))  # noqa: E731
+        fixed_z = torch.randn(N_FIXED, mc.latent_dim, generator=torch.Generator().manual_seed(cfg.seed))
+        return cls(cfg=cfg, model_config=mc, device=device, G=G, D=D, ema=build_ema(G, cfg.ema_decay),
+                   opt_G=adam(G), opt_D=adam(D), scaler_G=torch.amp.GradScaler(device.type, enabled=fp16),
+                   scaler_D=torch.amp.GradScaler(device.type, enabled=fp16), amp_dtype=amp_dtype,
+                   fixed_z=fixed_z, G_train=G, D_train=D)
+
+
+# ----------------------------------------------------------------------------- steps
+def _optimize(loss: torch.Tensor, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+              params, grad_clip: float) -> None:
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if grad_clip and grad_clip > 0:
+        scaler.unscale_(opt)
+        nn.utils.clip_grad_norm_(params, grad_clip)
+    scaler.step(opt)
+    scaler.update()
+
+
+def _noise(st: GANState, batch: int, generator: torch.Generator) -> torch.Tensor:
+    z = torch.randn(batch, st.model_config.latent_dim, generator=generator)  # (B, L) on CPU
+    return z.to(st.device, non_blocking=True)
+
+
+def discriminator_step(st: GANState, real: torch.Tensor, generator: torch.Generator) -> Dict[str, torch.Tensor]:
+    """One D update on real (B, C, H, W) and B fresh fakes; returns detached 0-d stats."""
+    cfg, B = st.cfg, real.shape[0]
+    with torch.no_grad(), autocast(st.device, st.amp_dtype):
+        fake = st.G(_noise(st, B, generator))  # (B, C, H, W); plain G: no DDP sync needed
+    real_in = diff_augment(real, cfg.diffaug, generator)
+    fake_in = diff_augment(fake.float(), cfg.diffaug, generator)
+    with autocast(st.device, st.amp_dtype):
+        logits = st.D_train(torch.cat([real_in, fake_in])).float()  # (2B,)
+    real_logits, fake_logits = logits.split(B)
+    if cfg.loss == "wgan-gp":
+        # penalty on the plain D (same parameters as the DDP wrapper), full precision
+        gp = gradient_penalty(st.D, real_in, fake_in, generator)
+        loss = (d_loss_wgan(real_logits, fake_logits) + cfg.gp_weight * gp
+                + cfg.drift_weight * drift_penalty(real_logits))
+    else:
+        gp = torch.zeros((), device=st.device)
+        loss = d_loss_hinge(real_logits, fake_logits)
+    _optimize(loss, st.opt_D, st.scaler_D, st.D.parameters(), cfg.grad_clip)
+    return {"d_loss": loss.detach(), "gp": gp.detach(), "d_real": real_logits.detach().mean(),
+            "d_fake": fake_logits.detach().mean()}
+
+
+def generator_step(st: GANState, batch: int, generator: torch.Generator) -> torch.Tensor:
+    """One G update on `batch` fresh samples, then the EMA update; returns the detached loss."""
+    cfg = st.cfg
+    st.D.requires_grad_(False)  # no D gradients needed (and none synced) in the G step
+    try:
+        with autocast(st.device, st.amp_dtype):
+            fake = st.G_train(_noise(st, batch, generator))  # (B, C, H, W)
+            logits = st.D(diff_augment(fake, cfg.diffaug, generator)).float()  # (B,)
+        loss = g_loss_wgan(logits) if cfg.loss == "wgan-gp" else g_loss_hinge(logits)
+        _optimize(loss, st.opt_G, st.scaler_G, st.G.parameters(), cfg.grad_clip)
+    finally:
+        st.D.requires_grad_(True)
+    st.ema.update_parameters(st.G)
+    return loss.detach()
+
+
+def train_step(st: GANState, real: torch.Tensor, generator: torch.Generator) -> Dict[str, torch.Tensor]:
+    """One step: a D update, and a G (+EMA) update when the new step count is a multiple of
+    n_critic. Increments `st.step` (and `st.g_step`); returns detached 0-d stats."""
+    stats = discriminator_step(st, real, generator)
+    st.step += 1
+    if st.step % st.cfg.n_critic == 0:
+        stats["g_loss"] = generator_step(st, real.shape[0], generator)
+        st.g_step += 1
+    return stats
+
+
+# ----------------------------------------------------------------------------- helpers
+def _world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    """A well-mixed 63-bit seed for the random draws of (seed, epoch, rank)."""
+    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def _images(batch) -> torch.Tensor:
+    """Dataset items may be dicts with "image" (MVTecAD), tuples (TensorDataset) or tensors."""
+    if isinstance(batch, dict):
+        return batch["image"]
+    return batch[0] if isinstance(batch, (list, tuple)) else batch
+
+
+def _epoch_loader(train_set: Dataset, cfg: TrainConfig, epoch: int, start_batch: int) -> DataLoader:
+    """Batches of epoch `epoch` for this rank, skipping the first `start_batch` (resume)."""
+    sampler = DistributedSampler(train_set, num_replicas=_world_size(), rank=_rank(), shuffle=True,
+                                 seed=cfg.seed, drop_last=True)
+    sampler.set_epoch(epoch)
+    batches = list(BatchSampler(sampler, cfg.batch_size, drop_last=True))[start_batch:]
+    return DataLoader(train_set, batch_sampler=batches, num_workers=cfg.num_workers,
+                      pin_memory=torch.cuda.is_available(),
+                      generator=torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch, 10_000)))
+
+
+def _batches_per_epoch(train_set: Dataset, cfg: TrainConfig) -> int:
+    n = len(train_set) // _world_size() // cfg.batch_size
+    if n < 1:
+        raise ConfigError(f"batch_size {cfg.batch_size} x {_world_size()} process(es) is larger than "
+                          f"the {len(train_set)} training images; lower batch_size")
+    return n
+
+
+def _fixed_real(train_set: Dataset, cfg: TrainConfig) -> torch.Tensor:
+    """The first N_FIXED training images (K, C, H, W): the diversity reference."""
+    real = torch.stack([_images(train_set[i]) for i in range(min(N_FIXED, len(train_set)))])
+    expected = (cfg.model_config().channels, cfg.image_size, cfg.image_size)
+    if tuple(real.shape[1:]) != expected:
+        raise ConfigError(f"training images have shape {tuple(real.shape[1:])}, the model expects {expected}; "
+                          f"build the dataset with image_size={cfg.image_size}")
+    return real
+
+
+@torch.no_grad()
+def _mean_val_logit(st: GANState, val_set: Dataset) -> float:
+    """Mean D logit on validation normals, without augmentation."""
+    total, n = 0.0, 0
+    for batch in DataLoader(val_set, batch_size=st.cfg.batch_size, shuffle=False):
+        with autocast(st.device, st.amp_dtype):
+            total += float(st.D(_images(batch).to(st.device)).float().sum())
+        n += len(_images(batch))
+    return total / max(n, 1)
+
+
+# ----------------------------------------------------------------------------- epochs
+_SUM_KEYS = ("d_loss", "gp", "d_real", "d_fake", "g_loss")
+
+
+def _run_epoch(st: GANState, train_set: Dataset, epoch: int, epoch_state: Optional[dict],
+               bar, max_steps: Optional[int], n_batches: int) -> Dict[str, Any]:
+    """Train epoch `epoch` (0-based) from its start or from `epoch_state`. Returns the epoch's
+    running sums, or, when `max_steps` stopped it, a resumable epoch_state with "stopped"."""
+    gen = torch.Generator().manual_seed(epoch_seed(st.cfg.seed, epoch, _rank()))
+    sums = {k: torch.zeros((), device=st.device) for k in _SUM_KEYS}
+    counts, start, seconds = {"d": 0, "g": 0}, 0, 0.0
+    if epoch_state is not None:
+        gen.set_state(epoch_state["rng"][_rank()])
+        start, counts, seconds = epoch_state["batch"], dict(epoch_state["counts"]), epoch_state["seconds"]
+        sums = {k: torch.tensor(v, device=st.device) for k, v in epoch_state["sums"].items()}
+    t0 = time.perf_counter()
+    for i, batch in enumerate(_epoch_loader(train_set, st.cfg, epoch, start), start=start):
+        stats = train_step(st, _images(batch).to(st.device, non_blocking=True), gen)
+        for k, v in stats.items():
+            sums[k] += v
+        counts["d"] += 1
+        counts["g"] += "g_loss" in stats
+        bar.update(1)
+        if st.step % 10 == 0 and not bar.disable:
+            bar.set_postfix(epoch=epoch + 1, d_loss=f"{float(stats['d_loss']):.3f}",
+                            g_loss=f"{float(sums['g_loss']) / max(counts['g'], 1):.3f}")
+        if max_steps is not None and st.step >= max_steps and i + 1 < n_batches:
+            rngs = [None] * _world_size()
+            if _world_size() > 1:
+                dist.all_gather_object(rngs, gen.get_state())
+            else:
+                rngs = [gen.get_state()]
+            return {"stopped": True, "batch": i + 1, "rng": rngs, "counts": counts,
+                    "sums": {k: float(v) for k, v in sums.items()},
+                    "seconds": seconds + time.perf_counter() - t0}
+    return {"stopped": False, "sums": sums, "counts": counts, "seconds": seconds + time.perf_counter() - t0}
+
+
+def _epoch_row(st: GANState, done: Dict[str, Any], epoch: int, val_set, real_fixed, out_dir: Path,
+               is_last: bool) -> Dict[str, Any]:
+    """All ranks: reduce the epoch's sums. Rank 0: history row, samples, plots."""
+    cfg, sums, counts = st.cfg, done["sums"], done["counts"]
+    packed = torch.stack([sums[k] for k in _SUM_KEYS] + [torch.tensor(float(counts["d"]), device=st.device),
+                                                         torch.tensor(float(counts["g"]), device=st.device)])
+    if _world_size() > 1:
+        dist.all_reduce(packed)
+    vals = packed.tolist()
+    n_d, n_g = vals[-2], vals[-1]
+    row = {"epoch": epoch + 1, "step": st.step, "g_step": st.g_step}
+    for k, v in zip(_SUM_KEYS, vals):
+        n = n_g if k == "g_loss" else n_d
+        row[k] = v / n if n else float("nan")
+    if _rank() != 0:
+        return row
+    if val_set is not None and len(val_set):
+        row["val_d_real"] = _mean_val_logit(st, val_set)
+    with autocast(st.device, st.amp_dtype):
+        # the EMA starts at G's near-constant init and needs ~1/(1-decay) G steps to catch up:
+        # its low early diversity is flagged in the row but not warned about
+        warm = st.g_step * (1 - cfg.ema_decay) >= 1
+        div = evaluate_diversity(st.ema.module.eval(), st.fixed_z, real_fixed, epoch + 1, warn=warm)
+    row.update(diversity=div["diversity"], collapse_warning=div["collapse_warning"],
+               seconds=done["seconds"], images_per_second=n_d * cfg.batch_size / max(done["seconds"], 1e-9))
+    st.history.append(row)
+    write_history(st.history, out_dir)
+    if (epoch + 1) % cfg.sample_every == 0 or is_last:
+        for name in (f"samples_epoch_{epoch + 1:04d}.png", "samples_latest.png"):
+            save_image_grid(div["samples"], out_dir / name, nrow=int(math.sqrt(N_FIXED)))
+        save_figure(plot_history(st.history), out_dir / "history.png")
+    return row
+
+
+# ----------------------------------------------------------------------------- main entry
+def _setup_distributed(device_name: str):
+    """Initialise torch.distributed when launched by torchrun; returns (device, owns_group)."""
+    device = resolve_device(device_name)
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        if dist.is_initialized() and device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        return device, False
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device, True
+
+
+def _build_datasets(cfg: TrainConfig):
+    from .data import MVTecAD, split_train_val  # lazy: tests may pass their own datasets
+    from .demo import prepare_data
+    if _rank() == 0:
+        prepare_data(cfg.data_root, cfg.category)
+    if _world_size() > 1:
+        dist.barrier()  # the demo category is written once, by rank 0
+    ds = MVTecAD(data_root=cfg.data_root, category=cfg.category, split="train", image_size=cfg.image_size)
+    return split_train_val(ds, cfg.val_fraction, cfg.seed)
+
+
+def _save(st: GANState, path: Path, epoch_state: Optional[Dict[str, Any]] = None) -> None:
+    if _rank() == 0:
+        atomic_torch_save(make_checkpoint(st, epoch_state, _world_size()), path)
+
+
+def _train_epochs(st: GANState, train_set: Dataset, val_set: Optional[Dataset], real_fixed: torch.Tensor,
+                  out_dir: Path, epoch_state: Optional[dict], max_steps: Optional[int], progress: bool,
+                  callbacks) -> None:
+    """Epochs st.epoch .. cfg.epochs-1 (or until max_steps), with rows, files and checkpoints."""
+    cfg, ckpt_path = st.cfg, out_dir / CHECKPOINT_NAME
+    n_batches = _batches_per_epoch(train_set, cfg)
+    done_steps = st.epoch * n_batches + (epoch_state or {}).get("batch", 0)
+    bar = tqdm(total=cfg.epochs * n_batches, initial=min(done_steps, cfg.epochs * n_batches),
+               disable=not (progress and _rank() == 0), desc=cfg.category, unit="step", dynamic_ncols=True)
+    unsaved = False  # the state changed since the last checkpoint
+    try:
+        while st.epoch < cfg.epochs and (max_steps is None or st.step < max_steps):
+            done = _run_epoch(st, train_set, st.epoch, epoch_state, bar, max_steps, n_batches)
+            epoch_state = None
+            if done["stopped"]:  # max_steps inside the epoch: save the partial epoch, resumable
+                _save(st, ckpt_path, done)
+                return
+            is_last = st.epoch + 1 == cfg.epochs
+            row = _epoch_row(st, done, st.epoch, val_set, real_fixed, out_dir, is_last)
+            st.epoch += 1
+            unsaved = not (st.epoch % cfg.checkpoint_every == 0 or is_last)
+            if not unsaved:
+                _save(st, ckpt_path)
+            for callback in (callbacks or ()) if _rank() == 0 else ():
+                callback(row)
+        if unsaved:  # max_steps stopped at an epoch boundary between checkpoints
+            _save(st, ckpt_path)
+    finally:
+        bar.close()
+
+
+def train_gan(cfg: TrainConfig, train_set: Optional[Dataset] = None, val_set: Optional[Dataset] = None,
+              *, resume: bool = True, max_steps: Optional[int] = None, progress: bool = True,
+              callbacks: Optional[Sequence[Callable[[Dict[str, Any]], Any]]] = None) -> Dict[str, Any]:
+    """Train TransGAN on normal images with WGAN-GP (or hinge), DiffAugment and an EMA generator.
+
+    Args:
+        cfg: the run's TrainConfig. Files go to `<cfg.output_dir>/<cfg.category>/`.
+        train_set, val_set: datasets of items {"image": (3, H, W) in [-1, 1], ...} (or tuples
+            whose first element is the image). None: the MVTec-layout category `cfg.category`
+            under `cfg.data_root`, split into train/val by `cfg.val_fraction` (the demo category
+            is created when needed). Only normal images are ever used.
+        resume: continue from `<output dir>/checkpoint.pt` if it exists (ConfigError if it was
+            trained with another architecture); False starts over and overwrites it.
+        max_steps: stop after this many D steps in total (the state is saved, resumable exactly).
+        progress: show a tqdm bar (rank 0 only).
+        callbacks: called as `callback(row)` with each epoch's history row (rank 0).
+
+    Returns:
+        {"history": per-epoch dicts, "checkpoint": path, "output_dir": path,
+         "generator": EMA generator (eval mode), "discriminator": D, "step": int}
+    """
+    device, owns_group = _setup_distributed(cfg.device)
+    try:
+        if train_set is None:
+            train_set, val_set = _build_datasets(cfg)
+        _batches_per_epoch(train_set, cfg)  # fail early on a too small dataset
+        real_fixed = _fixed_real(train_set, cfg)
+        out_dir = Path(cfg.output_dir) / cfg.category
+        ckpt_path = out_dir / CHECKPOINT_NAME
+        st = GANState.create(cfg, device)
+        epoch_state = resume_state(st, ckpt_path, _world_size()) if resume and ckpt_path.exists() else None
+        if _world_size() > 1:
+            ids = [device.index] if device.type == "cuda" else None
+            st.G_train = nn.parallel.DistributedDataParallel(st.G, device_ids=ids)
+            st.D_train = nn.parallel.DistributedDataParallel(st.D, device_ids=ids)
+        _train_epochs(st, train_set, val_set, real_fixed, out_dir, epoch_state, max_steps, progress, callbacks)
+        return {"history": st.history, "checkpoint": str(ckpt_path), "output_dir": str(out_dir),
+                "generator": st.ema.module.eval(), "discriminator": st.D, "step": st.step}
+    finally:
+        if owns_group:
+            dist.destroy_process_group()
+
+
+# ----------------------------------------------------------------------------- CLI
+def build_parser() -> argparse.ArgumentParser:
+    """--config cfg.json plus one flag per TrainConfig field (flags override the file)."""
+    p = argparse.ArgumentParser(prog="python -m transgan_lib.train",
+                                description="Train TransGAN on the normal images of one category "
+                                            "(torchrun --nproc_per_node=N for DDP).")
+    p.add_argument("--config", help="JSON file of TrainConfig fields")
+    for f in dataclasses.fields(TrainConfig):
+        if f.name == "model":
+            p.add_argument("--model", type=json.loads, help='JSON ModelConfig overrides, e.g. \'{"attn_impl": "math"}\'')
+        else:
+            p.add_argument(f"--{f.name}", type=type(f.default), default=None, help=f"default {f.default!r}")
+    p.add_argument("--max_steps", type=int, default=None, help="stop after this many D steps")
+    p.add_argument("--no_resume", action="store_true", help="start over even if a checkpoint exists")
+    p.add_argument("--no_progress", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+    args = build_parser().parse_args(argv)
+    values: Dict[str, Any] = {}
+    if args.config:
+        values = json.loads(Path(args.config).read_text())
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    values.update({k: v for k, v in vars(args).items() if k in names and v is not None})
+    cfg = TrainConfig.from_dict(values)
+    result = train_gan(cfg, resume=not args.no_resume, max_steps=args.max_steps, progress=not args.no_progress)
+    if int(os.environ.get("RANK", "0")) == 0 and result["history"]:
+        print(json.dumps({"checkpoint": result["checkpoint"], "last_epoch": result["history"][-1]},
+                         default=float))
+    return result
+
+
+__all__ = ["train_gan", "GANState", "train_step", "discriminator_step", "generator_step",
+           "sample_diversity", "diversity_ratio", "evaluate_diversity", "build_ema", "epoch_seed",
+           "load_checkpoint", "load_generator", "load_models", "check_compatible", "CheckpointError",
+           "build_parser", "main"]
+
+if __name__ == "__main__":
+    main()
