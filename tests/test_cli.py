@@ -1,0 +1,39 @@
+import csv
+import shutil
+
+import pytest
+
+from transgan_lib.cli import DEMO_PARAMETERS, build_parser, main
+
+
+def test_score_command_writes_csv_and_heatmaps(trained_run, demo_root, tmp_path):
+    images = tmp_path / "new"
+    images.mkdir()
+    for src in sorted((demo_root / "demo" / "test" / "scratch").glob("*.png"))[:2]:
+        shutil.copy(src, images / src.name)
+    shutil.copy(next((demo_root / "demo" / "train" / "good").glob("*.png")), images / "good.png")
+    ckpt = f"{trained_run.output_dir}/demo/checkpoint.pt"
+    out = tmp_path / "scored"
+    main(["score", "--checkpoint", ckpt, "--images", str(images), "--out", str(out), "--iterations", "3",
+          "--threshold", "0.0", "--device", "cpu"])
+    rows = list(csv.DictReader(open(out / "scores.csv")))
+    assert len(rows) == 3
+    assert all(r["decision"] == "anomalous" for r in rows)  # threshold 0: every image is flagged
+    assert all(float(r["score"]) > 0 for r in rows)
+    assert sorted(p.name for p in out.glob("*_heatmap.png")) == sorted(f"{p.stem}_heatmap.png" for p in images.iterdir())
+
+    (images / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    with pytest.raises(SystemExit, match="broken.png"):
+        main(["score", "--checkpoint", ckpt, "--images", str(images), "--out", str(out), "--iterations", "1"])
+    with pytest.warns(UserWarning, match="skipped"):
+        main(["score", "--checkpoint", ckpt, "--images", str(images), "--out", str(out), "--iterations", "1",
+              "--skip-bad", "--threshold", "1e9"])
+    rows = list(csv.DictReader(open(out / "scores.csv")))
+    assert len(rows) == 3 and all(r["decision"] == "normal" for r in rows)
+
+
+def test_demo_job_runs_the_three_notebooks_on_the_demo_category():
+    assert list(DEMO_PARAMETERS) == ["02_train_mvtec", "03_latent_mapping", "04_residual_heatmaps"]
+    assert all(p["category"] == "demo" for p in DEMO_PARAMETERS.values())
+    assert DEMO_PARAMETERS["03_latent_mapping"]["method"] == DEMO_PARAMETERS["04_residual_heatmaps"]["method"]
+    assert build_parser().parse_args(["demo"]).command == "demo"

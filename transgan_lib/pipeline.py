@@ -1,0 +1,233 @@
+"""The detection pipeline behind notebooks 03 and 04: map images with a trained TransGAN, turn the
+residuals into anomaly maps and scores, and measure them honestly.
+
+Protocol (fixed before looking at any test number):
+- the validation normals are the same seeded split of train/good that training used; the decision
+  threshold is a percentile of *their* scores; the test set is used only to report metrics;
+- the image score is the max of the Gaussian-smoothed map (`map_kind`, default "residual"); the
+  other scores and maps (AnoGAN total, feature map, SSIM, MSGMS) are reported beside it under
+  `alternatives`, never chosen by their test AUROC;
+- the baselines (mean training image, raw-pixel patch nearest neighbour) are scored by the same code
+  on the same images.
+
+Files under `<output_dir>/<category>/`: `checkpoint.pt` (GAN, from training), `encoder.pt`,
+`mapping_<method>.pt` (codes, reconstructions, scores of validation and test images),
+`metrics.json`, figures.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import torch
+
+from .checkpoint import load_checkpoint, load_models
+from .data import MVTecAD, split_train_val, stack_dataset
+from .demo import prepare_data
+from .encoder_training import encoder_checkpoint_path, load_encoder, train_encoder
+from .mapping import MappingResult, map_images
+from .maps import anomaly_maps, feature_residual_map, gaussian_smooth, max_score
+from .metrics import compute_metrics, roc_points, threshold_from_normals
+from .utils import PathLike, atomic_torch_save, atomic_write_json, resolve_device
+
+MAP_KINDS = ("residual", "ssim", "msgms")
+
+
+def category_dir(output_dir: PathLike, category: str) -> Path:
+    return Path(output_dir) / category
+
+
+def mapping_path(output_dir: PathLike, category: str, method: str) -> Path:
+    return category_dir(output_dir, category) / f"mapping_{method}.pt"
+
+
+def load_splits(data_root: PathLike, category: str, train_config) -> Dict[str, Any]:
+    """Train / validation / test splits exactly as training made them (same seed and fraction)."""
+    prepare_data(data_root, category)
+    size = train_config.image_size
+    train_full = MVTecAD(data_root=data_root, category=category, split="train", image_size=size)
+    train, val = split_train_val(train_full, train_config.val_fraction, train_config.seed)
+    test = MVTecAD(data_root=data_root, category=category, split="test", image_size=size)
+    return {"train": stack_dataset(train), "val": stack_dataset(val), "test": stack_dataset(test)}
+
+
+def _gan_fingerprint(checkpoint: Path) -> str:
+    ckpt = load_checkpoint(checkpoint)
+    return f"{checkpoint.resolve()}@step{ckpt.get('step')}"
+
+
+def get_encoder(G, D, splits, *, output_dir, category, checkpoint: Path, epochs: int, batch_size: int,
+                device, seed: int = 0, progress: bool = True):
+    """The f-AnoGAN encoder of this GAN: loaded from `encoder.pt` when it was trained against this
+    very checkpoint, else trained now on the training normals (validation normals for its val loss)."""
+    path = encoder_checkpoint_path(output_dir, category)
+    fingerprint = _gan_fingerprint(checkpoint)
+    if path.is_file():
+        E, meta = load_encoder(path, device=str(device))
+        if meta.get("gan_checkpoint") == fingerprint:
+            return E, meta.get("history") or {}
+        print(f"{path} was trained against another GAN checkpoint; training a new encoder")
+    return train_encoder(G, D, splits["train"]["images"], epochs=epochs, batch_size=batch_size, seed=seed,
+                         device=str(device), progress=progress, val_images=splits["val"]["images"],
+                         checkpoint_path=path, gan_checkpoint=fingerprint,
+                         model_size=_encoder_size(G))
+
+
+def _encoder_size(G) -> str:
+    n = sum(p.numel() for p in G.parameters())
+    return "tiny" if n < 5e6 else ("small" if n < 50e6 else "base")
+
+
+def _result_to_dict(r: MappingResult) -> Dict[str, Any]:
+    keep = ("z", "reconstructions", "residual_score", "feature_score", "total_score", "loss_history",
+            "history_steps", "seconds_per_image", "method", "iterations", "lambda_", "feature",
+            "features_x", "features_rec", "feature_grid")
+    return {k: getattr(r, k) for k in keep}
+
+
+def run_mapping(*, data_root: PathLike, category: str, output_dir: PathLike, method: str = "iterative",
+                iterations: Optional[int] = 1000, lambda_: float = 0.1, batch_size: int = 32,
+                device: str = "auto", restarts: int = 1, feature: str = "discriminator",
+                encoder_epochs: int = 50, seed: int = 0, progress: bool = True) -> Dict[str, Any]:
+    """Map the validation normals and the test images of a category to latent codes.
+
+    Reads `<output_dir>/<category>/checkpoint.pt`; trains the encoder first when `method` needs it
+    and none fits. Saves everything to `mapping_<method>.pt` and returns that dict (plus the splits).
+    """
+    dev = resolve_device(device)
+    ckpt_path = category_dir(output_dir, category) / "checkpoint.pt"
+    G, D, model_config, train_config = load_models(ckpt_path, dev)
+    splits = load_splits(data_root, category, train_config)
+    encoder, encoder_history = None, None
+    if method in ("encoder", "hybrid"):
+        encoder, encoder_history = get_encoder(G, D, splits, output_dir=output_dir, category=category,
+                                               checkpoint=ckpt_path, epochs=encoder_epochs,
+                                               batch_size=batch_size, device=dev, seed=seed, progress=progress)
+    common = dict(method=method, encoder=encoder, iterations=iterations, lambda_=lambda_, batch_size=batch_size,
+                  restarts=restarts, feature=feature, seed=seed, progress=progress)
+    out: Dict[str, Any] = {"method": method, "category": category, "model_config": model_config.to_dict()}
+    for name in ("val", "test"):
+        result = map_images(G, D, splits[name]["images"], **common)
+        out[name] = {**_result_to_dict(result), **{k: splits[name][k] for k in ("labels", "defects", "paths")}}
+    out["encoder_history"] = encoder_history
+    out["seconds_per_image"] = out["test"]["seconds_per_image"]
+    out["iterations"] = out["test"]["iterations"]
+    atomic_torch_save(out, mapping_path(output_dir, category, method))
+    out["splits"] = splits
+    return out
+
+
+def load_mapping(output_dir: PathLike, category: str, method: str) -> Dict[str, Any]:
+    path = mapping_path(output_dir, category, method)
+    if not path.is_file():
+        raise FileNotFoundError(f"no mapping results at {path}: run notebook 03 (run_mapping) with "
+                                f"method={method!r} first")
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def score_maps(images: torch.Tensor, part: Dict[str, Any], *, map_kind: str = "residual",
+               sigma: float = 4.0) -> Dict[str, torch.Tensor]:
+    """Anomaly maps (B, H, W) and image scores (B,) of mapped images.
+
+    Returns {"map": the `map_kind` map (smoothed), "score": its max, "anogan": (1-λ)R + λD,
+    "feature_map": the discriminator-token residual map (smoothed) when tokens were kept}.
+    """
+    rec = part["reconstructions"]
+    maps = anomaly_maps(images, rec, kind=map_kind, sigma=sigma)
+    out = {"map": maps, "score": max_score(maps), "anogan": part["total_score"]}
+    if part.get("features_x") is not None:
+        fmap = feature_residual_map(part["features_x"], part["features_rec"], part["feature_grid"],
+                                    tuple(images.shape[-2:]))
+        out["feature_map"] = gaussian_smooth(fmap, sigma)
+    return out
+
+
+def _alternatives(test, val, images, val_images, masks, labels, defects, sigma) -> Dict[str, Any]:
+    """Every other map / score rule, each thresholded on the validation normals, none selected."""
+    rows = {}
+    for kind in MAP_KINDS:
+        t, v = score_maps(images, test, map_kind=kind, sigma=sigma), score_maps(val_images, val, map_kind=kind, sigma=sigma)
+        rows[f"{kind}_map_max"] = compute_metrics(labels, t["score"], masks, t["map"], defects,
+                                                  threshold_from_normals(v["score"]))
+        if kind == "residual":
+            rows["anogan_score"] = compute_metrics(labels, t["anogan"], masks, t["map"], defects,
+                                                   threshold_from_normals(v["anogan"]))
+            if "feature_map" in t:
+                rows["feature_map_max"] = compute_metrics(
+                    labels, max_score(t["feature_map"]), masks, t["feature_map"], defects,
+                    threshold_from_normals(max_score(v["feature_map"])))
+    return rows
+
+
+def evaluate(*, data_root: PathLike, category: str, output_dir: PathLike, method: str = "iterative",
+             map_kind: str = "residual", sigma: float = 4.0, threshold_q: float = 99.0,
+             baselines: bool = True, mapping: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """Metrics of a mapped category, written to `<output_dir>/<category>/metrics.json`.
+
+    Returns the metrics dict plus (not saved to JSON) "arrays": maps, scores, images for figures and
+    the explorer widget.
+    """
+    start = time.perf_counter()
+    mapping = mapping or load_mapping(output_dir, category, method)
+    ckpt_path = category_dir(output_dir, category) / "checkpoint.pt"
+    train_config = _train_config(ckpt_path)
+    splits = mapping.get("splits") or load_splits(data_root, category, train_config)
+    test, val = mapping["test"], mapping["val"]
+    images, val_images = splits["test"]["images"], splits["val"]["images"]
+    masks, labels, defects = splits["test"]["masks"][:, 0], splits["test"]["labels"], splits["test"]["defects"]
+    t = score_maps(images, test, map_kind=map_kind, sigma=sigma)
+    v = score_maps(val_images, val, map_kind=map_kind, sigma=sigma)
+    threshold = threshold_from_normals(v["score"], q=threshold_q)
+    metrics = compute_metrics(labels, t["score"], masks, t["map"], defects, threshold)
+    metrics.update({
+        "method": method, "iterations": int(mapping["iterations"]), "lambda_": float(test["lambda_"]),
+        "n_test": len(labels), "n_val": len(val_images), "seconds_per_image": float(mapping["seconds_per_image"]),
+        "map_kind": map_kind, "sigma": sigma, "score_rule": f"max of Gaussian-smoothed {map_kind} map",
+        "threshold_rule": f"{threshold_q:g}th percentile of validation-normal scores",
+        "category": category, "image_size": int(images.shape[-1]),
+    })
+    metrics["alternatives"] = _alternatives(test, val, images, val_images, masks, labels, defects, sigma)
+    arrays = {"images": images, "reconstructions": test["reconstructions"], "maps": t["map"], "scores": t["score"],
+              "masks": masks, "labels": labels, "defects": defects, "paths": test["paths"],
+              "val_scores": v["score"], "roc": {"TransGAN": (*roc_points(labels, t["score"]), metrics["image_auroc"])}}
+    if baselines:
+        from .baselines import mean_image_baseline, patch_nn_baseline
+        metrics["baselines"] = {}
+        rules = {"mean_image": (mean_image_baseline, dict(kind=map_kind, sigma=sigma)),  # same map rule as the GAN
+                 "patch_nn": (patch_nn_baseline, dict(sigma=sigma))}
+        for name, (fn, kw) in rules.items():
+            tb_maps, tb_scores = fn(splits["train"]["images"], images, **kw)
+            _, vb_scores = fn(splits["train"]["images"], val_images, **kw)
+            metrics["baselines"][name] = compute_metrics(labels, tb_scores, masks, tb_maps, defects,
+                                                         threshold_from_normals(vb_scores, q=threshold_q))
+            arrays["roc"][name] = (*roc_points(labels, tb_scores), metrics["baselines"][name]["image_auroc"])
+    metrics["evaluation_seconds"] = time.perf_counter() - start
+    atomic_write_json(metrics, category_dir(output_dir, category) / "metrics.json")
+    return {**metrics, "arrays": arrays}
+
+
+def _train_config(ckpt_path: Path):
+    from .config import TrainConfig
+    return TrainConfig.from_dict(load_checkpoint(ckpt_path)["config"])
+
+
+def format_metrics(metrics: Dict[str, Any]) -> str:
+    """A plain-text table: the GAN's rows (main rule and alternatives) beside the baselines."""
+    def row(name, m):
+        vals = [m.get(k) for k in ("image_auroc", "pixel_auroc", "aupro", "image_f1_max")]
+        return f"{name:<28}" + "".join(f"{'-' if v is None else f'{v:.3f}':>12}" for v in vals)
+
+    lines = [f"{'':<28}{'image AUROC':>12}{'pixel AUROC':>12}{'AUPRO':>12}{'F1-max':>12}",
+             row(f"TransGAN {metrics.get('method', '')} ({metrics.get('map_kind', '')})", metrics)]
+    lines += [row(f"  alt: {name}", m) for name, m in metrics.get("alternatives", {}).items()]
+    lines += [row(f"baseline: {name}", m) for name, m in metrics.get("baselines", {}).items()]
+    lines += ["", "per defect type (TransGAN):"]
+    lines += [row(f"  {name} (n={m.get('n')})", m) for name, m in metrics.get("per_defect", {}).items()]
+    at = metrics.get("at_threshold") or {}
+    if metrics.get("threshold") is not None:
+        lines += ["", f"threshold {metrics['threshold']:.4f} ({metrics.get('threshold_rule', '')}): "
+                      + ", ".join(f"{k} {v:.3f}" for k, v in at.items())]
+    lines += [f"{metrics.get('n_test')} test images, {metrics.get('seconds_per_image', float('nan')) * 1000:.1f} ms "
+              f"per image ({metrics.get('iterations')} iterations)"]
+    return "\n".join(lines)
