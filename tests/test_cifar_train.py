@@ -1,0 +1,229 @@
+"""Tests for the dual-discriminator model and its training (transgan_lib.models.dual, cifar_train)."""
+import csv
+import dataclasses
+import json
+import urllib.error
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from PIL import Image
+
+from transgan_lib.cifar_train import (CifarConfig, build_cifar_models, build_optimizers, combine_scores,
+                                      evaluate_cifar, load_cifar_checkpoint, run_all_classes, run_cifar,
+                                      run_dir, score_images, train_cifar, train_step)
+from transgan_lib.config import ConfigError
+from transgan_lib.models.dual import EncoderWeightsError, load_resnet
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOK = ROOT / "notebooks" / "05_cifar_dual_discriminator.ipynb"
+# A tiny model: 16 px, TransGAN "tiny", random ResNet18 at 32 px (never downloads).
+TINY = dict(image_size=16, model_size="tiny", latent_dim=32, pretrained=False, feature_extractor="resnet18",
+            encoder_input_size=32, head_hidden=64, patch_size=4, batch_size=16, device="cpu", progress=False)
+KINDS = ("blob", "flat", "gradient", "stripes")
+
+
+def learnable_image(kind: str, rng: np.random.Generator, size: int = 16) -> np.ndarray:
+    """Normal kinds are smooth (flat colour, linear gradient, Gaussian blob) in random colours; the
+    anomaly kind is period-2 stripes around a random colour: clearly different structure."""
+    yy, xx = np.mgrid[0:size, 0:size] / (size - 1)
+    c1, c2 = rng.uniform(0.2, 0.8, 3), rng.uniform(0.2, 0.8, 3)
+    if kind == "stripes":
+        s = (np.arange(size) % 2) * 2 - 1.0
+        s = np.broadcast_to(s[None, :] if rng.random() < 0.5 else s[:, None], (size, size))
+        return (np.clip(c1 + 0.15 * s[..., None], 0, 1) * 255).round().astype(np.uint8)
+    if kind == "gradient":
+        t = xx if rng.random() < 0.5 else yy
+    elif kind == "blob":
+        cy, cx = rng.uniform(0.3, 0.7, 2)
+        t = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 0.05)
+    else:
+        t = np.zeros_like(xx)
+    return ((c1 * (1 - t[..., None]) + c2 * t[..., None]) * 255).round().astype(np.uint8)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """These tiny models gain nothing from a second thread, and a busy machine makes OpenMP's thread
+    hand-offs cost up to 30x; one thread keeps the timing steady."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def learnable_root(tmp_path_factory):
+    """ImageFolder layout: 30 train and 12 test images per kind, 16 x 16 PNG."""
+    root = tmp_path_factory.mktemp("learnable")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 30), ("test", 12)):
+        for kind in KINDS:
+            (root / split / kind).mkdir(parents=True)
+            for k in range(n):
+                Image.fromarray(learnable_image(kind, rng)).save(root / split / kind / f"{k}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(learnable_root, tmp_path_factory):
+    """A tiny run (3 epochs, ~10 s) with stripes as the anomaly class; (cfg, run, metrics)."""
+    cfg = CifarConfig(dataset="folder", data_root=str(learnable_root), anomaly_class="stripes",
+                      labelled_anomaly_ratio=0.1, epochs=3, output_dir=str(tmp_path_factory.mktemp("runs")), **TINY)
+    run, metrics = run_cifar(cfg)
+    return cfg, run, metrics
+
+
+def test_config_presets_roundtrip_and_errors():
+    assert (CifarConfig().feature_extractor, CifarConfig().encoder_input_size) == ("resnet50", 224)
+    tiny = CifarConfig(model_size="tiny")
+    assert (tiny.feature_extractor, tiny.encoder_input_size) == ("resnet18", 64)
+    assert (CifarConfig().lr, CifarConfig().beta1, CifarConfig().beta2) == (1e-4, 0.001, 0.99)
+    cfg = CifarConfig(anomaly_class="cat", w_abc=2.0, **TINY)
+    assert CifarConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    for bad in (dict(feature_extractor="vgg"), dict(d_loss="wgan"), dict(protocol="x"), dict(dataset="mnist"),
+                dict(score_weights={"mse": 1.0})):
+        with pytest.raises(ConfigError):
+            CifarConfig(**bad)
+    with pytest.raises(ConfigError, match="unknown"):
+        CifarConfig.from_dict({"epochz": 3})
+
+
+def test_pretrained_download_failure_says_set_pretrained_false(monkeypatch):
+    def no_network(self, *args, **kwargs):
+        raise urllib.error.URLError("no network")
+    monkeypatch.setattr(torchvision.models.WeightsEnum, "get_state_dict", no_network)  # never downloads
+    with pytest.raises(EncoderWeightsError, match="pretrained=False") as err:
+        load_resnet("resnet18", pretrained=True)
+    assert "resnet18" in str(err.value) and "no network" in str(err.value)
+
+
+def _snapshot(module):
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _changed(before, module, prefix=""):
+    after = module.state_dict()
+    return {k for k in before if k.startswith(prefix) and not torch.equal(before[k], after[k])}
+
+
+@pytest.mark.parametrize("finetune", [False, True])
+def test_one_training_step_updates_what_it_should(finetune):
+    torch.manual_seed(0)
+    cfg = CifarConfig(finetune_encoder=finetune, **TINY)
+    models = build_cifar_models(cfg)
+    model, d_n, d_a = models
+    for m in models:
+        m.train()
+    opts = build_optimizers(models, cfg)
+    before = {name: _snapshot(m) for name, m in zip(("model", "d_n", "d_a"), models)}
+    x_n, x_a = torch.rand(4, 3, 16, 16) * 2 - 1, torch.rand(2, 3, 16, 16) * 2 - 1
+    out = train_step(models, opts, x_n, x_a, cfg)
+    assert set(out) >= {"l1", "patch", "latent", "adv_normal", "adv_anomalous", "abc", "d_normal", "d_anomalous"}
+    assert all(torch.isfinite(v) for v in out.values()) and out["latent"] > 0
+    changed = _changed(before["model"], model)
+    for prefix in ("generator.to_tokens", "generator.to_rgb", "to_latent.0", "to_latent_rec.0"):
+        assert any(k.startswith(prefix) for k in changed), f"{prefix} not updated"
+    assert _changed(before["d_n"], d_n) and _changed(before["d_a"], d_a)
+    trunk = {k for k in before["model"] if k.startswith("features.trunk")}
+    if finetune:
+        assert changed & trunk
+    else:  # frozen: weights and BatchNorm statistics untouched, eval mode kept
+        assert not changed & trunk
+        assert not model.features.trunk.training
+        assert not any(p.requires_grad for p in model.features.trunk.parameters())
+        assert all(p.requires_grad for p in model.to_latent_rec.parameters())
+
+
+def test_step_without_labelled_anomalies():
+    cfg = CifarConfig(**TINY)
+    models = build_cifar_models(cfg)
+    before = _snapshot(models.d_anomalous)
+    out = train_step(models, build_optimizers(models, cfg), torch.zeros(3, 3, 16, 16), torch.zeros(0, 3, 16, 16), cfg)
+    assert out["d_anomalous"] == 0 and out["adv_anomalous"] == 0 and not _changed(before, models.d_anomalous)
+
+
+def test_combine_scores_standardises_on_reference():
+    reference = {"l1": np.array([1.0, 3.0]), "patch": np.array([0.0, 2.0])}
+    parts = {"l1": np.array([2.0, 5.0]), "patch": np.array([1.0, 1.0])}
+    # l1: (x - 2) / 1, patch: (x - 1) / 1
+    assert combine_scores(parts, reference, {"l1": 1.0, "patch": 2.0}).tolist() == [0.0, 3.0]
+
+
+def test_learnable_folder_run_detects_the_anomaly_class(trained):
+    cfg, run, metrics = trained
+    untrained, _ = evaluate_cifar(train_cifar(dataclasses.replace(cfg, epochs=0, output_dir=cfg.output_dir + "_0")))
+    print(f"\nlearnable tiny run: AUROC {metrics['auroc']:.3f} (untrained model: {untrained['auroc']:.3f}), "
+          f"AUPRC {metrics['auprc']:.3f}, parts {metrics['auroc_parts']}, {metrics['seconds_per_epoch']:.2f} s/epoch")
+    assert metrics["auroc"] >= 0.7
+    assert metrics["n_test"] == 48 and metrics["n_test_anomalous"] == 12
+    assert metrics["n_train_anomalous"] == 3 and metrics["n_train_normal"] == 81  # 90 normals - 9 val
+    assert metrics["class_name"] == "stripes" and len(run.history) == 3
+    saved = json.loads((run_dir(cfg) / "metrics.json").read_text())
+    assert saved["auroc"] == pytest.approx(metrics["auroc"]) and saved["anomaly_class"] == "stripes"
+
+
+def test_threshold_from_validation_normals_only(trained):
+    cfg, run, metrics = trained
+    _, scores = evaluate_cifar(run)
+    val = scores["val"]
+    assert (val["labels"] == 0).all()  # 3 labelled anomalies x 0.1 -> none held out
+    assert metrics["threshold"] == pytest.approx(np.percentile(val["score"], cfg.threshold_percentile))
+    # standardised on validation normals: they score mean 0 per part
+    assert abs(val["score"].mean()) < 1e-9
+
+
+def test_checkpoint_reloads_the_same_model(trained):
+    cfg, run, _ = trained
+    path = run_dir(cfg) / "checkpoint.pt"
+    cfg2, models, history = load_cifar_checkpoint(path)
+    assert cfg2 == cfg and len(history) == 3
+    images = run.split.test_images[:8]
+    a, b = score_images(run.models.model, images, cfg), score_images(models.model, images, cfg)
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-6)
+
+
+def test_resume_continues_and_refuses_other_settings(learnable_root, tmp_path):
+    base = dict(dataset="folder", data_root=str(learnable_root), anomaly_class="flat", output_dir=str(tmp_path),
+                max_train_images=40, max_test_images=16, **TINY)
+    first = train_cifar(CifarConfig(epochs=1, **base))
+    second = train_cifar(CifarConfig(epochs=2, resume=True, **base))
+    assert [r["epoch"] for r in second.history] == [1, 2]
+    assert second.history[0]["l1"] == first.history[0]["l1"]
+    with pytest.raises(ConfigError, match="w_l1"):
+        train_cifar(CifarConfig(epochs=3, resume=True, w_l1=5.0, **base))
+
+
+def test_run_all_classes_writes_the_summary_table(learnable_root, tmp_path):
+    cfg = CifarConfig(dataset="folder", data_root=str(learnable_root), epochs=1, output_dir=str(tmp_path),
+                      max_train_images=40, max_test_images=24, **TINY)
+    rows = run_all_classes(cfg, classes=["stripes", 1])
+    assert [r["anomaly_class"] for r in rows] == ["stripes", 1, "mean"]
+    assert rows[-1]["auroc"] == pytest.approx((rows[0]["auroc"] + rows[1]["auroc"]) / 2)
+    with open(tmp_path / "cifar" / "summary.csv") as f:
+        table = list(csv.DictReader(f))
+    assert [r["class_name"] for r in table] == ["stripes", "flat", ""]
+    assert float(table[-1]["auroc"]) == pytest.approx(rows[-1]["auroc"])
+    summary = json.loads((tmp_path / "cifar" / "summary.json").read_text())
+    assert len(summary["rows"]) == 2 and summary["mean"]["anomaly_class"] == "mean"
+    assert (tmp_path / "cifar" / "1" / "metrics.json").is_file()
+
+
+@pytest.mark.slow
+def test_notebook_05_runs_under_papermill(learnable_root, tmp_path, monkeypatch):
+    papermill = pytest.importorskip("papermill")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the kernel inherits it (see `one_thread`)
+    out_dir = tmp_path / "runs"
+    params = dict(dataset="folder", data_root=str(learnable_root), anomaly_class=3, image_size=16,
+                  model_size="tiny", latent_dim=32, epochs=1, batch_size=16, pretrained=False,
+                  feature_extractor="resnet18", encoder_input_size=32, output_dir=str(out_dir), device="cpu")
+    papermill.execute_notebook(str(NOTEBOOK), str(tmp_path / "out.ipynb"), parameters=params,
+                               kernel_name="python3", cwd=str(ROOT), progress_bar=False)
+    metrics = json.loads((out_dir / "cifar" / "3" / "metrics.json").read_text())
+    for key in ("auroc", "auprc", "anomaly_class", "n_train_normal", "n_train_anomalous", "n_test"):
+        assert key in metrics
+    assert metrics["anomaly_class"] == 3 and metrics["n_test"] == 48 and 0.0 <= metrics["auroc"] <= 1.0
+    assert (out_dir / "cifar" / "3" / "checkpoint.pt").is_file()

@@ -1,0 +1,145 @@
+"""Encoder -> TransGAN generator -> encoder, plus two discriminators (imbalanced CIFAR-10 setting).
+
+Shape letters: B batch, C = 3 channels, H, W image size, S encoder input size, F pooled ResNet
+feature size (2048 for ResNet50, 512 for ResNet18), L latent size.
+
+* `ResNetFeatures`: torchvision's ImageNet ResNet (50 or 18) without its classifier. Inputs in
+  [-1, 1] are mapped to [0, 1], resized to S x S and normalised with the ImageNet mean/std, as the
+  ResNet expects. Frozen by default (eval mode, requires_grad False: BatchNorm statistics never
+  move); `trainable=True` fine-tunes it.
+* `DualReconstructionModel`: E1 = trunk + `to_latent` head maps x to z; the TransGAN generator
+  maps z to x_hat; E2 = the *same* trunk + its own `to_latent_rec` head maps x_hat back to z_rec
+  (GANomaly's second encoder). Sharing the frozen trunk costs no parameters; the two heads are
+  separate, so z and z_rec are different tensors and the latent loss is not identically zero.
+* D_normal and D_anomalous are two independent TransGAN (multi-scale ViT) discriminators.
+"""
+from __future__ import annotations
+
+from typing import Dict, Tuple
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+from ..config import ModelConfig
+from .transgan import TransGANDiscriminator, build_discriminator, build_generator
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+FEATURE_EXTRACTORS: Dict[str, Tuple[str, str, int]] = {
+    # name: (torchvision builder, weights enum member, pooled feature size)
+    "resnet50": ("resnet50", "ResNet50_Weights.IMAGENET1K_V2", 2048),
+    "resnet18": ("resnet18", "ResNet18_Weights.IMAGENET1K_V1", 512),
+}
+
+
+class EncoderWeightsError(RuntimeError):
+    """The pretrained ImageNet weights could not be loaded (e.g. no network)."""
+
+
+def load_resnet(arch: str, pretrained: bool) -> nn.Module:
+    """A torchvision ResNet with ImageNet weights (`pretrained=True`) or random weights.
+
+    Raises EncoderWeightsError, saying to set pretrained=False, when the weights cannot be loaded.
+    """
+    if arch not in FEATURE_EXTRACTORS:
+        raise ValueError(f"feature_extractor must be one of {list(FEATURE_EXTRACTORS)}, got {arch!r}")
+    builder_name, weights_name, _ = FEATURE_EXTRACTORS[arch]
+    builder = getattr(torchvision.models, builder_name)
+    if not pretrained:
+        return builder(weights=None)
+    weights = torchvision.models.get_weight(weights_name)
+    try:
+        return builder(weights=weights)
+    except Exception as e:  # URLError, HTTPError, hash mismatch, truncated file, ...
+        raise EncoderWeightsError(
+            f"could not load the ImageNet weights {weights_name} for {arch} ({type(e).__name__}: {e}). "
+            "Offline? Set pretrained=False (random weights; detection is then weaker), or copy "
+            f"{weights.url.rsplit('/', 1)[-1]} into {torch.hub.get_dir()}/checkpoints/") from e
+
+
+class ResNetFeatures(nn.Module):
+    """Images (B, 3, H, W) in [-1, 1] -> pooled ResNet features (B, F)."""
+
+    def __init__(self, *, arch: str = "resnet50", pretrained: bool = True, input_size: int = 224,
+                 trainable: bool = False):
+        super().__init__()
+        resnet = load_resnet(arch, pretrained)
+        self.trunk = nn.Sequential(*list(resnet.children())[:-1])  # drop fc; ends with avgpool
+        self.out_dim = FEATURE_EXTRACTORS[arch][2]
+        self.input_size = int(input_size)
+        self.trainable = bool(trainable)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.trunk.requires_grad_(self.trainable)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> "ResNetFeatures":
+        super().train(mode)
+        if not self.trainable:
+            self.trunk.eval()  # frozen: BatchNorm keeps its ImageNet statistics
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = (x + 1.0) / 2.0  # [-1, 1] -> [0, 1]
+        if x.shape[-1] != self.input_size or x.shape[-2] != self.input_size:
+            x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear",
+                              align_corners=False)  # (B, 3, S, S)
+        x = (x - self.mean) / self.std
+        return self.trunk(x).flatten(1)  # (B, F, 1, 1) -> (B, F)
+
+
+def _latent_head(in_dim: int, hidden: int, latent_dim: int) -> nn.Sequential:
+    # The final LayerNorm (no affine) gives every latent zero mean and unit variance, the scale of
+    # the N(0, I) codes TransGAN expects; without it z starts tiny and G ignores it.
+    return nn.Sequential(nn.Linear(in_dim, hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, latent_dim),
+                         nn.LayerNorm(latent_dim, elementwise_affine=False))
+
+
+class DualReconstructionModel(nn.Module):
+    """x -> z = E1(x) -> x_hat = G(z) -> z_rec = E2(x_hat) (see module doc)."""
+
+    def __init__(self, *, features: ResNetFeatures, generator: nn.Module, latent_dim: int,
+                 head_hidden: int = 512):
+        super().__init__()
+        self.features = features
+        self.to_latent = _latent_head(features.out_dim, head_hidden, latent_dim)  # E1 head
+        self.generator = generator
+        self.to_latent_rec = _latent_head(features.out_dim, head_hidden, latent_dim)  # E2 head
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """E1: images (B, 3, H, W) -> z (B, L). The frozen trunk runs without autograd (x is data)."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.features.trainable):
+            f = self.features(x)  # (B, F)
+        return self.to_latent(f)
+
+    def encode_reconstruction(self, x_hat: torch.Tensor) -> torch.Tensor:
+        """E2: reconstructions (B, 3, H, W) -> z_rec (B, L); gradients reach x_hat through the trunk."""
+        return self.to_latent_rec(self.features(x_hat))
+
+    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """x (B, 3, H, W) -> {"z": (B, L), "x_hat": (B, 3, H, W), "z_rec": (B, L)}."""
+        z = self.encode(x)
+        x_hat = self.generator(z)
+        return {"z": z, "x_hat": x_hat, "z_rec": self.encode_reconstruction(x_hat)}
+
+    def trainable_parameters(self):
+        """Parameters the generator optimizer updates (trunk only when fine-tuning)."""
+        return [p for p in self.parameters() if p.requires_grad]
+
+
+def build_dual_models(model_cfg: ModelConfig, *, feature_extractor: str = "resnet50",
+                      pretrained: bool = True, encoder_input_size: int = 224,
+                      finetune_encoder: bool = False, head_hidden: int = 512
+                      ) -> Tuple[DualReconstructionModel, TransGANDiscriminator, TransGANDiscriminator]:
+    """(model, D_normal, D_anomalous) for `model_cfg` (image_size, latent_dim, TransGAN sizes)."""
+    features = ResNetFeatures(arch=feature_extractor, pretrained=pretrained,
+                              input_size=encoder_input_size, trainable=finetune_encoder)
+    model = DualReconstructionModel(features=features, generator=build_generator(model_cfg),
+                                    latent_dim=model_cfg.latent_dim, head_hidden=head_hidden)
+    return model, build_discriminator(model_cfg), build_discriminator(model_cfg)
+
+
+__all__ = ["FEATURE_EXTRACTORS", "EncoderWeightsError", "load_resnet", "ResNetFeatures",
+           "DualReconstructionModel", "build_dual_models"]
