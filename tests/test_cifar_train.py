@@ -1,4 +1,4 @@
-"""Tests for the dual-discriminator model and its training (transgan_lib.models.dual, cifar_train)."""
+"""Tests for the dual-discriminator model and its training (transgan_lib.models.dual, cifar_train, cifar_eval)."""
 import csv
 import dataclasses
 import json
@@ -11,9 +11,9 @@ import torch
 import torchvision
 from PIL import Image
 
+from transgan_lib.cifar_eval import evaluate_cifar, run_all_classes, run_cifar
 from transgan_lib.cifar_train import (CifarConfig, build_cifar_models, build_optimizers, combine_scores,
-                                      evaluate_cifar, load_cifar_checkpoint, run_all_classes, run_cifar,
-                                      run_dir, score_images, train_cifar, train_step)
+                                      load_cifar_checkpoint, run_dir, score_images, train_cifar, train_step)
 from transgan_lib.config import ConfigError
 from transgan_lib.models.dual import EncoderWeightsError, load_resnet
 
