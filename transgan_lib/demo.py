@@ -43,11 +43,12 @@ from scipy import ndimage
 from .data import DEMO_CATEGORY_NAME, DatasetError, MVTecAD, PathLike
 
 DEMO_CATEGORY = DEMO_CATEGORY_NAME
-DEMO_VERSION = 1
+DEMO_VERSION = 2
 DEMO_DEFECTS: Tuple[str, ...] = ("patch", "scratch", "stain")
 MARKER = ".demo_complete"
 
 _CROP = 256  # px of the 512 px photo per image: bricks stay visible at 64 px
+_JITTER = 4.0  # px of the photo: the surface is aligned, as an inspected part is in its fixture
 _REF_MEAN, _REF_STD = 120.0, 28.0  # grey level statistics of the normalised texture
 _TINT = np.array([1.10, 0.86, 0.70], dtype=np.float32)  # terracotta
 # Colour direction with zero channel sum and zero luminance (teal: less red, more green/blue).
@@ -145,7 +146,7 @@ def make_demo_image(rng: np.random.Generator, size: int, defect: str = "good") -
     if defect not in ("good",) + DEMO_DEFECTS:
         raise ValueError(f"unknown demo defect {defect!r}; known: good, {', '.join(DEMO_DEFECTS)}")
     # Background and lighting are drawn first: the same rng state gives the same normal image.
-    grey = _crop(_texture("brick"), rng, size, jitter=48)
+    grey = _crop(_texture("brick"), rng, size, jitter=_JITTER)
     contrast, brightness = rng.uniform(0.7, 1.3), rng.uniform(-40, 40)
     mask = np.zeros((size, size), dtype=bool)
     if defect == "scratch":
