@@ -28,9 +28,9 @@ NOTEBOOKS = REPO_ROOT / "notebooks"
 # The demo's settings: sized so the whole job runs in under 10 minutes on a 2-core CPU.
 DEMO_PARAMETERS = {
     "02_train_mvtec": dict(category="demo", model_size="tiny", latent_dim=128, epochs=40, batch_size=16,
-                           sample_every=10),
-    "03_latent_mapping": dict(category="demo", method="hybrid", iterations=200, batch_size=64,
-                              encoder_epochs=60),
+                           sample_every=10, checkpoint_every=10),
+    "03_latent_mapping": dict(category="demo", method="hybrid", iterations=50, batch_size=64,
+                              encoder_epochs=20),
     "04_residual_heatmaps": dict(category="demo", method="hybrid"),
 }
 

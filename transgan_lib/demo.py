@@ -43,11 +43,11 @@ from scipy import ndimage
 from .data import DEMO_CATEGORY_NAME, DatasetError, MVTecAD, PathLike
 
 DEMO_CATEGORY = DEMO_CATEGORY_NAME
-DEMO_VERSION = 2
+DEMO_VERSION = 3
 DEMO_DEFECTS: Tuple[str, ...] = ("patch", "scratch", "stain")
 MARKER = ".demo_complete"
 
-_CROP = 256  # px of the 512 px photo per image: bricks stay visible at 64 px
+_CROP = 128  # px of the 512 px photo per image: a few large bricks, visible even at 32 px
 _JITTER = 4.0  # px of the photo: the surface is aligned, as an inspected part is in its fixture
 _REF_MEAN, _REF_STD = 120.0, 28.0  # grey level statistics of the normalised texture
 _TINT = np.array([1.10, 0.86, 0.70], dtype=np.float32)  # terracotta

@@ -10,7 +10,9 @@ Three methods (`map_images`):
   discriminator's final patch tokens (``feature="discriminator"``), an ImageNet network's feature
   map (``"perceptual"``) or nothing (``"none"``). Many images are searched at once: the optimised
   objective is the SUM of the per-image losses, so each row of z only receives the gradient of its
-  own loss, and Adam works element-wise, so a batch gives the same z* as mapping each image alone.
+  own loss, and Adam works element-wise, so a batch gives the same z* as mapping each image alone
+  (up to floating-point rounding, which a long search can amplify: measured up to 0.09 in score
+  after 1000 steps on CPU, 3e-8 at the start).
   Initial codes are drawn per (seed, image index, restart), so batching never changes them.
 - "encoder" (f-AnoGAN izi_f, Schlegl et al. 2019): one pass z* = E(x) of a trained `LatentEncoder`.
 - "hybrid": the iterative search started from E(x), with far fewer iterations.
