@@ -12,7 +12,6 @@ the fused kernels), so the two columns differ only in the ordinary forward/backw
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 
@@ -20,7 +19,7 @@ import torch
 
 from transgan_lib.config import TrainConfig
 from transgan_lib.train import GANState, train_step
-from transgan_lib.utils import resolve_device
+from transgan_lib.utils import describe_device, resolve_device
 
 
 def _sync(device: torch.device) -> None:
@@ -56,16 +55,6 @@ def measure_pair(preset: str, amp: str, device: torch.device, args) -> dict:
     return {impl: args.batch_size / statistics.median(t) for impl, t in times.items()}
 
 
-def describe(device: torch.device) -> str:
-    text = f"torch {torch.__version__}, python {platform.python_version()}, device {device}"
-    if device.type == "cuda":
-        p = torch.cuda.get_device_properties(device)
-        text += f" ({p.name}, {p.total_memory / 2**30:.0f} GiB, CUDA {torch.version.cuda})"
-    else:
-        text += f" ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-    return text
-
-
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--presets", default="tiny,small", help="comma-separated model presets")
@@ -84,7 +73,7 @@ def main(argv=None) -> None:
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    print(describe(device))
+    print(describe_device(device))
     print(f"{args.image_size}x{args.image_size}, batch {args.batch_size}, {args.warmup} warm-up + "
           f"{args.steps} timed steps per cell, interleaved; images/s = batch / median step time;\n"
           "one step = D update (WGAN-GP, penalty pass always math) + G update + EMA")

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -52,7 +51,7 @@ from transgan_lib.mapping import MappingResult, encode_images, latent_init, map_
 from transgan_lib.metrics import image_auroc, pixel_auroc
 from transgan_lib.pipeline import load_splits, score_maps
 from transgan_lib.train import train_gan
-from transgan_lib.utils import atomic_write_json, atomic_write_text, resolve_device
+from transgan_lib.utils import atomic_write_json, atomic_write_text, describe_device, resolve_device
 
 TARGET_BATCHED = 20.0  # batched >= 20x faster per image than the one-image loop
 TARGET_ENCODER = 500.0  # encoder >= 500x faster per image than 1000-iteration search
@@ -66,16 +65,6 @@ FULL = dict(iterations=1000, n_images=None, encoder_epochs=50, train_epochs=30)
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def describe(device: torch.device) -> str:
-    text = f"torch {torch.__version__}, python {platform.python_version()}, device {device}"
-    if device.type == "cuda":
-        p = torch.cuda.get_device_properties(device)
-        text += f" ({p.name}, {p.total_memory / 2**30:.0f} GiB, CUDA {torch.version.cuda})"
-    else:
-        text += f" ({platform.processor() or platform.machine()})"
-    return text + f", {torch.get_num_threads()} torch threads"
 
 
 def timed(fn: Callable[[], Any], device: torch.device) -> Tuple[Any, float]:
@@ -300,7 +289,7 @@ def main(argv=None) -> Dict[str, Any]:
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    print(describe(device), flush=True)
+    print(describe_device(device), flush=True)
     prepare_data(args.data_root, args.category)
     ckpt = ensure_checkpoint(args, device)
     G, D, model_config, train_config = load_models(ckpt, device)
@@ -320,7 +309,7 @@ def main(argv=None) -> Dict[str, Any]:
         device=str(device), progress=False, val_images=splits["val"]["images"]), device)
     encoder, hybrid = measure_encoder(G, D, E, test, args, device)
     rows = [loop, iterative, encoder, hybrid, baseline_row(splits["train"]["images"], test)]
-    out = {"environment": describe(device), "checkpoint": str(ckpt),
+    out = {"environment": describe_device(device), "checkpoint": str(ckpt),
            "settings": {k: str(v) for k, v in vars(args).items()}, "rows": rows,
            "targets": targets(loop, iterative, encoder, hybrid), "encoder_training_seconds": t_train,
            "encoder_train_images": splits["train"]["images"].shape[0],

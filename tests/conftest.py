@@ -3,6 +3,8 @@ import os
 
 import matplotlib
 import pytest
+import torch
+from torch import nn
 
 matplotlib.use("Agg")
 os.environ.setdefault("MPLBACKEND", "Agg")
@@ -28,3 +30,25 @@ def trained_run(demo_root, tmp_path_factory):
                       image_size=32, model_size="tiny", latent_dim=32, epochs=1, batch_size=8)
     train_gan(cfg, progress=False)
     return cfg
+
+
+class LinearTanhGenerator(nn.Module):
+    """G(z) = tanh(W z) as an image, W fixed: images tanh(W z0) lie exactly in its range, so a latent
+    search can reconstruct them, but not a pasted square (8 dims cannot draw it)."""
+
+    def __init__(self, *, latent_dim=8, image_size=16, channels=3, seed=1):
+        super().__init__()
+        self.latent_dim, self.image_size, self.channels = latent_dim, image_size, channels
+        self.to_pixels = nn.Linear(latent_dim, channels * image_size ** 2, bias=False)
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            self.to_pixels.weight.copy_(torch.randn(self.to_pixels.weight.shape, generator=g) / latent_dim ** 0.5)
+
+    def forward(self, z):
+        return torch.tanh(self.to_pixels(z)).view(-1, self.channels, self.image_size, self.image_size)
+
+
+@pytest.fixture(scope="session")
+def linear_tanh_generator():
+    """The known-answer generator class (see LinearTanhGenerator)."""
+    return LinearTanhGenerator

@@ -2,7 +2,6 @@
 the encoder / hybrid methods of transgan_lib.mapping.map_images."""
 import pytest
 import torch
-from torch import nn
 
 from transgan_lib.config import ConfigError, ModelConfig
 from transgan_lib.encoder_training import (encoder_checkpoint_path, load_encoder, save_encoder,
@@ -15,26 +14,11 @@ from transgan_lib.utils import atomic_torch_save
 SIZE, LATENT = 16, 8
 
 
-class LinearTanhGenerator(nn.Module):
-    """G(z) = tanh(W z) as an image, W fixed (copied from test_mapping: the known-answer generator)."""
-
-    def __init__(self, *, latent_dim=LATENT, image_size=SIZE, channels=3, seed=1):
-        super().__init__()
-        self.latent_dim, self.image_size, self.channels = latent_dim, image_size, channels
-        self.to_pixels = nn.Linear(latent_dim, channels * image_size ** 2, bias=False)
-        g = torch.Generator().manual_seed(seed)
-        with torch.no_grad():
-            self.to_pixels.weight.copy_(torch.randn(self.to_pixels.weight.shape, generator=g) / latent_dim ** 0.5)
-
-    def forward(self, z):
-        return torch.tanh(self.to_pixels(z)).view(-1, self.channels, self.image_size, self.image_size)
-
-
 @pytest.fixture(scope="module")
-def models():
+def models(linear_tanh_generator):
     torch.manual_seed(0)
     D = build_discriminator(ModelConfig(image_size=SIZE, model_size="tiny", latent_dim=LATENT))
-    return LinearTanhGenerator(), D
+    return linear_tanh_generator(latent_dim=LATENT, image_size=SIZE), D
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@ import urllib.error
 
 import pytest
 import torch
-from torch import nn
 
 from transgan_lib import maps, perceptual
 from transgan_lib.config import ModelConfig
@@ -12,22 +11,6 @@ from transgan_lib.mapping import (MappingResult, PerceptualWeightsError, latent_
 from transgan_lib.models import build_models
 
 SIZE, LATENT = 16, 16
-
-
-class LinearTanhGenerator(nn.Module):
-    """G(z) = tanh(W z) as an image, W fixed: images tanh(W z0) lie exactly in its range, so the
-    search can reconstruct them, but not a pasted square (8 dims cannot draw it)."""
-
-    def __init__(self, *, latent_dim=8, image_size=SIZE, channels=3, seed=1):
-        super().__init__()
-        self.latent_dim, self.image_size, self.channels = latent_dim, image_size, channels
-        self.to_pixels = nn.Linear(latent_dim, channels * image_size ** 2, bias=False)
-        g = torch.Generator().manual_seed(seed)
-        with torch.no_grad():
-            self.to_pixels.weight.copy_(torch.randn(self.to_pixels.weight.shape, generator=g) / latent_dim ** 0.5)
-
-    def forward(self, z):
-        return torch.tanh(self.to_pixels(z)).view(-1, self.channels, self.image_size, self.image_size)
 
 
 @pytest.fixture(scope="module")
@@ -128,9 +111,9 @@ def test_iterations_zero_scores_the_initial_codes(gan, targets):
     assert res.loss_history.shape == (1, 5) and res.history_steps == [0]
 
 
-def test_pasted_defect_scores_higher_and_heatmap_peaks_inside(gan):
+def test_pasted_defect_scores_higher_and_heatmap_peaks_inside(gan, linear_tanh_generator):
     _, D = gan
-    G = LinearTanhGenerator()
+    G = linear_tanh_generator(latent_dim=8, image_size=SIZE)
     with torch.no_grad():
         normals = G(torch.randn(3, 8, generator=torch.Generator().manual_seed(2)))
     defects = normals.clone()

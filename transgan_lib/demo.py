@@ -34,7 +34,7 @@ import sys
 import tempfile
 import uuid
 from pathlib import Path
-from typing import Dict, Tuple
+from typing import Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw

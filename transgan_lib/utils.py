@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import platform
 import random
 import tempfile
 from pathlib import Path
@@ -79,3 +80,14 @@ def atomic_write_json(obj: Any, path: PathLike) -> Path:
 
 def atomic_write_text(text: str, path: PathLike) -> Path:
     return atomic_write(path, lambda f: f.write(text), mode="w")
+
+
+def describe_device(device: torch.device) -> str:
+    """One line for benchmark output: torch/python versions, the device, CPU threads."""
+    text = f"torch {torch.__version__}, python {platform.python_version()}, device {device}"
+    if device.type == "cuda":
+        p = torch.cuda.get_device_properties(device)
+        text += f" ({p.name}, {p.total_memory / 2**30:.0f} GiB, CUDA {torch.version.cuda})"
+    else:
+        text += f" ({platform.processor() or platform.machine()})"
+    return text + f", {torch.get_num_threads()} torch threads"

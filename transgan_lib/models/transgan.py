@@ -16,7 +16,6 @@ final patch tokens, used by the latent mapping's feature loss (no forward hooks)
 from __future__ import annotations
 
 import contextlib
-import math
 from typing import Sequence, Tuple
 
 import torch
