@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from transgan_lib.metrics import threshold_from_normals
-from transgan_lib.pipeline import evaluate, format_metrics, load_mapping, run_mapping, score_maps
+from transgan_lib.pipeline import evaluate, format_metrics, load_mapping, run_mapping, score_maps, verdict
 
 METRICS_KEYS = {"image_auroc", "pixel_auroc", "aupro", "image_f1_max", "threshold", "per_defect", "method",
                 "iterations", "n_test", "seconds_per_image", "baselines"}
@@ -50,3 +50,10 @@ def test_encoder_method_trains_then_reuses_the_encoder(trained_run):
     again = _map(cfg, method="hybrid", iterations=2, encoder_epochs=1)
     assert path.stat().st_mtime_ns == stamp  # trained against this checkpoint: reused, not retrained
     assert again["iterations"] == 2 and again["test"]["method"] == "hybrid"
+
+
+def test_verdict_warns_only_when_the_mean_image_is_not_beaten():
+    row = {"image_auroc": 0.6, "baselines": {"mean_image": {"image_auroc": 0.7}}}
+    assert "does not beat the mean training image" in verdict(row)
+    assert "WARNING" in format_metrics({**row, "per_defect": {}})
+    assert verdict({**row, "image_auroc": 0.8}) == ""

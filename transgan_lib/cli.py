@@ -71,6 +71,9 @@ def run_demo(*, data_root: str = "data/mvtec_ad", output_dir: str = "runs", devi
           f"AUPRO {metrics['aupro']:.3f}  F1-max {metrics['image_f1_max']:.3f}")
     for name, row in base.items():
         print(f"  baseline {name:<10} image AUROC {row['image_auroc']:.3f}  pixel AUROC {row['pixel_auroc']:.3f}")
+    from .pipeline import verdict
+    if verdict(metrics):
+        print("  " + verdict(metrics))
     print(f"  executed notebooks: {executed}\n  figures, checkpoints: {Path(output_dir) / 'demo'}\n"
           f"  metrics: {metrics_path}")
     return metrics

@@ -228,6 +228,17 @@ def format_metrics(metrics: Dict[str, Any]) -> str:
     if metrics.get("threshold") is not None:
         lines += ["", f"threshold {metrics['threshold']:.4f} ({metrics.get('threshold_rule', '')}): "
                       + ", ".join(f"{k} {v:.3f}" for k, v in at.items())]
+    lines += [verdict(metrics)] if verdict(metrics) else []
     lines += [f"{metrics.get('n_test')} test images, {metrics.get('seconds_per_image', float('nan')) * 1000:.1f} ms "
               f"per image ({metrics.get('iterations')} iterations)"]
     return "\n".join(lines)
+
+
+def verdict(metrics: Dict[str, Any]) -> str:
+    """A warning when the GAN does not beat the mean-image floor (it has then learned nothing useful)."""
+    floor = (metrics.get("baselines") or {}).get("mean_image", {}).get("image_auroc")
+    if floor is None or metrics.get("image_auroc") is None or metrics["image_auroc"] > floor:
+        return ""
+    return (f"WARNING: image AUROC {metrics['image_auroc']:.3f} does not beat the mean training image "
+            f"({floor:.3f}): the generator has learned too little to reconstruct normal images; train longer "
+            "or on a GPU (model_size 'small'/'base') and check the samples and diversity curve of notebook 02.")
