@@ -123,6 +123,7 @@ def run_baselines(
     max_bank: int = 20000,
     seed: int = 0,
     q: float = 99.0,
+    return_scores: bool = False,
 ) -> Dict[str, Dict[str, Any]]:
     """Both baselines, scored with `metrics.compute_metrics`.
 
@@ -133,7 +134,8 @@ def run_baselines(
         threshold_images: validation normal images; when given, each baseline's decision
             threshold is the q-th percentile of its scores on them (never the test set).
     Returns:
-        {"mean_image": metrics dict, "patch_nn": metrics dict}.
+        {"mean_image": metrics dict, "patch_nn": metrics dict}; with return_scores also
+        {name: test image scores (B,)} as a second value (for ROC curves).
     """
     methods = {
         "mean_image": lambda imgs: mean_image_baseline(train_images, imgs, kind=kind, sigma=sigma),
@@ -141,9 +143,10 @@ def run_baselines(
             train_images, imgs, patch_size=patch_size, stride=stride, max_bank=max_bank, sigma=sigma, seed=seed
         ),
     }
-    results = {}
+    results, all_scores = {}, {}
     for name, method in methods.items():
         maps, scores = method(test_images)
+        all_scores[name] = scores
         threshold = None
         if threshold_images is not None:
             threshold = threshold_from_normals(method(threshold_images)[1], rule="percentile", q=q)
@@ -153,7 +156,7 @@ def run_baselines(
             test_labels, scores, masks=test_masks, maps=maps if test_masks is not None else None,
             defects=defects, threshold=threshold,
         )
-    return results
+    return (results, all_scores) if return_scores else results
 
 
 def _check_images(train_images: torch.Tensor, test_images: torch.Tensor) -> None:

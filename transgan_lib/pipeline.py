@@ -22,6 +22,7 @@ from typing import Any, Dict, Optional
 
 import torch
 
+from .baselines import run_baselines
 from .checkpoint import load_checkpoint, load_models
 from .data import MVTecAD, split_train_val, stack_dataset
 from .demo import prepare_data
@@ -192,16 +193,12 @@ def evaluate(*, data_root: PathLike, category: str, output_dir: PathLike, method
               "masks": masks, "labels": labels, "defects": defects, "paths": test["paths"],
               "val_scores": v["score"], "roc": {"TransGAN": (*roc_points(labels, t["score"]), metrics["image_auroc"])}}
     if baselines:
-        from .baselines import mean_image_baseline, patch_nn_baseline
-        metrics["baselines"] = {}
-        rules = {"mean_image": (mean_image_baseline, dict(kind=map_kind, sigma=sigma)),  # same map rule as the GAN
-                 "patch_nn": (patch_nn_baseline, dict(sigma=sigma))}
-        for name, (fn, kw) in rules.items():
-            tb_maps, tb_scores = fn(splits["train"]["images"], images, **kw)
-            _, vb_scores = fn(splits["train"]["images"], val_images, **kw)
-            metrics["baselines"][name] = compute_metrics(labels, tb_scores, masks, tb_maps, defects,
-                                                         threshold_from_normals(vb_scores, q=threshold_q))
-            arrays["roc"][name] = (*roc_points(labels, tb_scores), metrics["baselines"][name]["image_auroc"])
+        # Same map rule as the GAN; thresholds from the validation normals.
+        metrics["baselines"], base_scores = run_baselines(
+            splits["train"]["images"], images, labels, masks, defects, threshold_images=val_images,
+            kind=map_kind, sigma=sigma, q=threshold_q, return_scores=True)
+        for name, scores in base_scores.items():
+            arrays["roc"][name] = (*roc_points(labels, scores), metrics["baselines"][name]["image_auroc"])
     metrics["evaluation_seconds"] = time.perf_counter() - start
     atomic_write_json(metrics, category_dir(output_dir, category) / "metrics.json")
     return {**metrics, "arrays": arrays}
