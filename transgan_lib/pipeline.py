@@ -24,6 +24,7 @@ import torch
 
 from .baselines import run_baselines
 from .checkpoint import load_checkpoint, load_models
+from .config import TrainConfig
 from .data import MVTecAD, split_train_val, stack_dataset
 from .demo import prepare_data
 from .encoder_training import encoder_checkpoint_path, load_encoder, train_encoder
@@ -54,8 +55,9 @@ def load_splits(data_root: PathLike, category: str, train_config) -> Dict[str, A
 
 
 def _gan_fingerprint(checkpoint: Path) -> str:
-    ckpt = load_checkpoint(checkpoint)
-    return f"{checkpoint.resolve()}@step{ckpt.get('step')}"
+    """Identifies one written checkpoint file (path, size, mtime) without loading it (base: GBs)."""
+    st = checkpoint.stat()
+    return f"{checkpoint.resolve()}@{st.st_size}-{st.st_mtime_ns}"
 
 
 def get_encoder(G, D, splits, *, output_dir, category, checkpoint: Path, epochs: int, batch_size: int,
@@ -107,7 +109,8 @@ def run_mapping(*, data_root: PathLike, category: str, output_dir: PathLike, met
                                                batch_size=batch_size, device=dev, seed=seed, progress=progress)
     common = dict(method=method, encoder=encoder, iterations=iterations, lambda_=lambda_, batch_size=batch_size,
                   restarts=restarts, feature=feature, seed=seed, progress=progress)
-    out: Dict[str, Any] = {"method": method, "category": category, "model_config": model_config.to_dict()}
+    out: Dict[str, Any] = {"method": method, "category": category, "model_config": model_config.to_dict(),
+                           "train_config": train_config.to_dict()}
     for name in ("val", "test"):
         result = map_images(G, D, splits[name]["images"], **common)
         out[name] = {**_result_to_dict(result), **{k: splits[name][k] for k in ("labels", "defects", "paths")}}
@@ -148,7 +151,8 @@ def _alternatives(test, val, images, val_images, masks, labels, defects, sigma) 
     """Every other map / score rule, each thresholded on the validation normals, none selected."""
     rows = {}
     for kind in MAP_KINDS:
-        t, v = score_maps(images, test, map_kind=kind, sigma=sigma), score_maps(val_images, val, map_kind=kind, sigma=sigma)
+        t = score_maps(images, test, map_kind=kind, sigma=sigma)
+        v = score_maps(val_images, val, map_kind=kind, sigma=sigma)
         rows[f"{kind}_map_max"] = compute_metrics(labels, t["score"], masks, t["map"], defects,
                                                   threshold_from_normals(v["score"]))
         if kind == "residual":
@@ -171,9 +175,13 @@ def evaluate(*, data_root: PathLike, category: str, output_dir: PathLike, method
     """
     start = time.perf_counter()
     mapping = mapping or load_mapping(output_dir, category, method)
-    ckpt_path = category_dir(output_dir, category) / "checkpoint.pt"
-    train_config = _train_config(ckpt_path)
-    splits = mapping.get("splits") or load_splits(data_root, category, train_config)
+    splits = mapping.get("splits")
+    if splits is None:
+        saved = mapping.get("train_config")  # absent in mapping files of older versions
+        if saved is None:
+            saved = load_checkpoint(category_dir(output_dir, category) / "checkpoint.pt")["config"]
+        train_config = TrainConfig.from_dict(saved)
+        splits = load_splits(data_root, category, train_config)
     test, val = mapping["test"], mapping["val"]
     images, val_images = splits["test"]["images"], splits["val"]["images"]
     masks, labels, defects = splits["test"]["masks"][:, 0], splits["test"]["labels"], splits["test"]["defects"]
@@ -202,11 +210,6 @@ def evaluate(*, data_root: PathLike, category: str, output_dir: PathLike, method
     metrics["evaluation_seconds"] = time.perf_counter() - start
     atomic_write_json(metrics, category_dir(output_dir, category) / "metrics.json")
     return {**metrics, "arrays": arrays}
-
-
-def _train_config(ckpt_path: Path):
-    from .config import TrainConfig
-    return TrainConfig.from_dict(load_checkpoint(ckpt_path)["config"])
 
 
 def format_metrics(metrics: Dict[str, Any]) -> str:
