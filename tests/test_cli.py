@@ -37,3 +37,30 @@ def test_demo_job_runs_the_three_notebooks_on_the_demo_category():
     assert all(p["category"] == "demo" for p in DEMO_PARAMETERS.values())
     assert DEMO_PARAMETERS["03_latent_mapping"]["method"] == DEMO_PARAMETERS["04_residual_heatmaps"]["method"]
     assert build_parser().parse_args(["demo"]).command == "demo"
+    # every demo setting names a parameter the notebook has (papermill would inject an unused one)
+    import ast
+    import json
+
+    from transgan_lib.cli import NOTEBOOKS
+    for name, params in DEMO_PARAMETERS.items():
+        cells = json.loads((NOTEBOOKS / f"{name}.ipynb").read_text())["cells"]
+        source = next("".join(c["source"]) for c in cells if "parameters" in c["metadata"].get("tags", []))
+        names = {t.id for node in ast.parse(source).body if isinstance(node, ast.Assign) for t in node.targets}
+        assert set(params) <= names, (name, set(params) - names)
+
+
+def test_score_reuses_the_evaluated_runs_search_settings(tmp_path):
+    """Scores are only comparable with the saved threshold when searched the same way."""
+    import argparse
+    import json
+
+    from transgan_lib.cli import _mapping_settings
+    ckpt = tmp_path / "checkpoint.pt"
+    (tmp_path / "metrics.json").write_text(json.dumps({"method": "iterative", "iterations": 50,
+                                                       "restarts": 2, "candidates": 64}))
+    args = argparse.Namespace(method="iterative", iterations=None, restarts=None, candidates=None)
+    assert _mapping_settings(args, ckpt) == {"iterations": 50, "restarts": 2, "candidates": 64}
+    args.candidates = 0  # a flag given wins
+    assert _mapping_settings(args, ckpt)["candidates"] == 0
+    other = argparse.Namespace(method="hybrid", iterations=None, restarts=None, candidates=None)
+    assert _mapping_settings(other, ckpt) == {"iterations": None, "restarts": 1, "candidates": 0}

@@ -103,6 +103,24 @@ def test_restarts_keep_the_best_restart_per_image(gan, targets):
         torch.testing.assert_close(multi.z[i], each[k].z[i], atol=1e-4, rtol=0)
 
 
+def test_candidates_start_from_the_best_prior_draws(gan, targets):
+    G, D = gan
+    kw = dict(iterations=0, seed=4, progress=False)
+    n = 12
+    draws = [map_to_latent(G, D, targets, z_init=latent_init(5, LATENT, seed=4, restart=k), **kw) for k in range(n)]
+    scores = torch.stack([r.total_score for r in draws])  # (n, B): the loss of every candidate
+    screened = map_to_latent(G, D, targets, candidates=n, **kw)
+    torch.testing.assert_close(screened.total_score, scores.min(0).values, atol=1e-5, rtol=0)
+    assert (screened.total_score < draws[0].total_score).any()  # screening changed some start
+    two = map_to_latent(G, D, targets, candidates=n, restarts=2, **kw)  # the two best draws
+    torch.testing.assert_close(two.total_score, scores.min(0).values, atol=1e-5, rtol=0)
+    # per-image draws: batching does not change which codes are screened
+    one_by_one = map_to_latent(G, D, targets, candidates=n, batch_size=1, **kw)
+    torch.testing.assert_close(one_by_one.z, screened.z)
+    with pytest.raises(ValueError, match="candidates"):
+        map_to_latent(G, D, targets, candidates=-1, **kw)
+
+
 def test_iterations_zero_scores_the_initial_codes(gan, targets):
     G, D = gan
     z0 = torch.randn(5, LATENT)

@@ -64,3 +64,21 @@ def test_double_backward_under_math_attention():
 def test_bad_image_size_raises_config_error(bad):
     with pytest.raises(ConfigError, match="image_size"):
         ModelConfig(image_size=bad, model_size="tiny")
+
+
+def test_global_affine_starts_as_identity_and_sets_per_image_lighting():
+    cfg = ModelConfig(image_size=32, model_size="tiny", latent_dim=32)
+    plain_cfg = ModelConfig(image_size=32, model_size="tiny", latent_dim=32, global_affine=False)
+    assert cfg.global_affine and not plain_cfg.global_affine
+    torch.manual_seed(0)
+    G, _ = build_models(cfg)
+    plain, _ = build_models(plain_cfg)
+    plain.load_state_dict({k: v for k, v in G.state_dict().items() if not k.startswith("to_affine")})
+    z = torch.randn(4, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(G(z), plain(z))  # zero-initialised: the plain TransGAN output
+        G.to_affine.weight[3:].zero_()
+        G.to_affine.weight[3:, 0] = 0.5  # shift of every channel = 0.5 * z[:, 0]
+        pre = torch.atanh(plain(z).clamp(-0.999, 0.999))
+        torch.testing.assert_close(torch.atanh(G(z).clamp(-0.999, 0.999)) - pre,
+                                   (0.5 * z[:, 0]).view(4, 1, 1, 1).expand_as(pre), atol=2e-2, rtol=0)

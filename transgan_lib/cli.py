@@ -26,12 +26,15 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO_ROOT / "notebooks"
 
 # The demo's settings: sized so the whole job runs in under 10 minutes on a 2-core CPU.
+# 32 px, lr 5e-4 and no colour DiffAugment: the settings under which a tiny TransGAN learns the demo
+# surface (bricks and their lighting) in ~1200 steps; the search starts from the best of 64 prior
+# codes per image (see mapping.map_to_latent `candidates`).
 DEMO_PARAMETERS = {
-    "02_train_mvtec": dict(category="demo", model_size="tiny", latent_dim=128, epochs=40, batch_size=16,
-                           sample_every=10, checkpoint_every=10),
-    "03_latent_mapping": dict(category="demo", method="hybrid", iterations=50, batch_size=64,
-                              encoder_epochs=20),
-    "04_residual_heatmaps": dict(category="demo", method="hybrid"),
+    "02_train_mvtec": dict(category="demo", image_size=32, model_size="tiny", latent_dim=128, epochs=110,
+                           batch_size=16, lr=5e-4, diffaug="translation,cutout", sample_every=10,
+                           checkpoint_every=10),
+    "03_latent_mapping": dict(category="demo", method="iterative", iterations=150, candidates=64, batch_size=64),
+    "04_residual_heatmaps": dict(category="demo", method="iterative"),
 }
 
 
@@ -113,6 +116,20 @@ def _threshold(args, checkpoint: Path) -> Optional[float]:
     return None
 
 
+def _mapping_settings(args, checkpoint: Path) -> dict:
+    """iterations / restarts / candidates for the search: the flags given, else those of the
+    evaluated run (metrics.json beside the checkpoint, same method), so that scores are comparable
+    with the threshold chosen there; else the library defaults."""
+    saved = {}
+    metrics_path = checkpoint.parent / "metrics.json"
+    if metrics_path.is_file():
+        m = json.loads(metrics_path.read_text())
+        if m.get("method") == args.method:
+            saved = m
+    defaults = {"iterations": None, "restarts": 1, "candidates": 0}
+    return {k: (getattr(args, k) if getattr(args, k) is not None else saved.get(k, d)) for k, d in defaults.items()}
+
+
 def score_folder(args) -> Path:
     """Score every image under `args.images`; writes scores.csv and <stem>_heatmap.png to `args.out`."""
     from .checkpoint import load_models
@@ -130,8 +147,11 @@ def score_folder(args) -> Path:
     encoder = None
     if args.method in ("encoder", "hybrid"):
         encoder, _ = load_encoder(checkpoint.parent / "encoder.pt", device=str(device))
-    result = map_images(G, D, images, method=args.method, encoder=encoder, iterations=args.iterations,
-                        lambda_=args.lambda_, batch_size=args.batch_size, progress=True)
+    settings = _mapping_settings(args, checkpoint)
+    if args.method == "encoder":
+        settings.update(restarts=1, candidates=0)
+    result = map_images(G, D, images, method=args.method, encoder=encoder, lambda_=args.lambda_,
+                        batch_size=args.batch_size, progress=True, **settings)
     part = {k: getattr(result, k) for k in ("reconstructions", "total_score", "features_x", "features_rec",
                                              "feature_grid")}
     scored = score_maps(images, part, sigma=args.sigma)
@@ -178,7 +198,11 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--images", required=True, help="folder of images (searched recursively)")
     score.add_argument("--out", required=True, help="folder for scores.csv and heatmaps")
     score.add_argument("--method", default="iterative", choices=["iterative", "encoder", "hybrid"])
-    score.add_argument("--iterations", type=int, default=None, help="default: 1000 iterative, 100 hybrid")
+    score.add_argument("--iterations", type=int, default=None,
+                       help="default: the evaluated run's (metrics.json), else 1000 iterative, 100 hybrid")
+    score.add_argument("--restarts", type=int, default=None, help="default: the evaluated run's, else 1")
+    score.add_argument("--candidates", type=int, default=None,
+                       help="prior codes screened per image (default: the evaluated run's, else 0)")
     score.add_argument("--lambda", dest="lambda_", type=float, default=0.1)
     score.add_argument("--sigma", type=float, default=4.0, help="Gaussian smoothing of the map")
     score.add_argument("--threshold", type=float, default=None,

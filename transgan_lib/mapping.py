@@ -14,6 +14,10 @@ Three methods (`map_images`):
   (up to floating-point rounding, which a long search can amplify: measured up to 0.09 in score
   after 1000 steps on CPU, 3e-8 at the start).
   Initial codes are drawn per (seed, image index, restart), so batching never changes them.
+  With `candidates=N` the restarts start from the best of N prior draws per image, screened by
+  the same loss with forward passes only: the landscape has poor local minima (on the demo data a
+  search from a random code kept the wrong lighting: validation residual 0.120 after 200 steps,
+  against 0.083 after screening 64 draws and 50 steps, in a third of the time).
 - "encoder" (f-AnoGAN izi_f, Schlegl et al. 2019): one pass z* = E(x) of a trained `LatentEncoder`.
 - "hybrid": the iterative search started from E(x), with far fewer iterations.
 
@@ -135,6 +139,7 @@ class MappingResult:
     lambda_: float
     feature: str
     restarts: int = 1
+    candidates: int = 0
     features_x: Optional[torch.Tensor] = None
     features_rec: Optional[torch.Tensor] = None
     feature_grid: Optional[Tuple[int, int]] = None
@@ -186,17 +191,44 @@ def _evaluate(G, feature_fn, x, z, f_x, lambda_):
     return dict(total=loss, residual=residual, feature=feat, x_hat=x_hat, f_x=f_x, f_hat=f_hat)
 
 
-def _map_batch(G, feature_fn, x, *, start_index, z_init, restarts, seed, bar, **search):
+def _screen(G, feature_fn, x, *, start_index, seed, candidates, keep, lambda_, amp_dtype):
+    """The `keep` best of `candidates` prior draws per image, by the mapping loss (forward passes
+    only). x (b, C, H, W) -> list of `keep` (b, Z) CPU tensors, best first. Candidate k of image i
+    is `latent_init(seed=seed, restart=k)` of its global index, so batching changes nothing."""
+    b, device = x.shape[0], x.device
+    draws = [latent_init(b, G.latent_dim, seed=seed, restart=k, start_index=start_index)
+             for k in range(candidates)]  # candidates x (b, Z)
+    with torch.no_grad():
+        f_x = feature_fn(x) if feature_fn is not None else None
+        losses = []
+        for z in draws:  # one forward of b rows per candidate: memory stays that of the search
+            with autocast(device, amp_dtype):
+                x_hat = G(z.to(device))
+                f_hat = feature_fn(x_hat) if feature_fn is not None else None
+            losses.append(per_image_loss(x, x_hat, f_x, f_hat, lambda_)[0].float().cpu())
+    order = torch.stack(losses).argsort(dim=0, stable=True)  # (candidates, b), best first
+    stacked = torch.stack(draws)  # (candidates, b, Z)
+    cols = torch.arange(b)
+    return [stacked[order[k], cols] for k in range(keep)]
+
+
+def _map_batch(G, feature_fn, x, *, start_index, z_init, restarts, seed, bar, candidates=0, **search):
     """Search and score one batch of images x (b, C, H, W).
 
     Returns (kept, steps): kept maps names to the kept restart's tensors on CPU, b rows each
     ("history" is (R, b)); steps are the iterations at which the history was recorded.
     """
     b, device = x.shape[0], x.device
-    # 1. initial codes, laid out restart-major: row k * b + i is restart k of image i.
-    inits = [latent_init(b, G.latent_dim, seed=seed, restart=k, start_index=start_index) for k in range(restarts)]
-    if z_init is not None:
-        inits[0] = z_init[start_index:start_index + b].detach().float().cpu()
+    # 1. initial codes, laid out restart-major: row k * b + i is restart k of image i. The prior
+    # restarts are draws k = 0.., or with `candidates` the best of that many draws (screened).
+    n_prior = restarts - (z_init is not None)
+    if candidates > n_prior and n_prior > 0:
+        prior = _screen(G, feature_fn, x, start_index=start_index, seed=seed, candidates=candidates,
+                        keep=n_prior, lambda_=search["lambda_"], amp_dtype=search["amp_dtype"])
+    else:
+        prior = [latent_init(b, G.latent_dim, seed=seed, restart=k, start_index=start_index)
+                 for k in range(n_prior)]
+    inits = prior if z_init is None else [z_init[start_index:start_index + b].detach().float().cpu()] + prior
     z0 = torch.cat(inits).to(device)  # (K*b, Z)
     xk = x.repeat(restarts, 1, 1, 1)  # (K*b, C, H, W)
     # 2. search, 3. fp32 evaluation of the final codes
@@ -230,7 +262,8 @@ def _feature_grid(feature: str, D: Optional[nn.Module], modules: List[nn.Module]
 
 def map_to_latent(G: nn.Module, D: Optional[nn.Module], images: torch.Tensor, *,
                   iterations: int = DEFAULT_ITERATIONS, lambda_: float = 0.1, lr: float = DEFAULT_LR,
-                  restarts: int = 1, z_init: Optional[torch.Tensor] = None, feature: str = "discriminator",
+                  restarts: int = 1, candidates: int = 0, z_init: Optional[torch.Tensor] = None,
+                  feature: str = "discriminator",
                   perceptual_net: Optional[nn.Module] = None, batch_size: int = 32, seed: int = 0,
                   progress: bool = True, record_every: int = 10, amp: str = "off",
                   keep_features: bool = True, method: str = "iterative") -> MappingResult:
@@ -246,6 +279,10 @@ def map_to_latent(G: nn.Module, D: Optional[nn.Module], images: torch.Tensor, *,
         iterations: Adam steps per batch (0 = just evaluate the initial codes).
         lambda_: weight of the feature term (AnoGAN's lambda); lr: Adam step size on z.
         restarts: K initial codes per image; the one with the lowest final loss is kept.
+        candidates: screen this many prior draws per image by their loss (forward passes only)
+            and start the prior restarts from the best ones; 0 (or <= restarts) = no screening.
+            The search's loss landscape has many poor local minima (e.g. the wrong lighting),
+            so a good start matters more than more iterations.
         z_init: optional (B, Z) codes for restart 0 (e.g. an encoder's); other restarts and the
             default draw from N(0, I) via `latent_init(seed=seed, restart=k)`.
         feature, perceptual_net: the feature term, see `make_feature_fn`; a perceptual_net is
@@ -260,9 +297,10 @@ def map_to_latent(G: nn.Module, D: Optional[nn.Module], images: torch.Tensor, *,
     """
     if images.dim() != 4:
         raise ValueError(f"images must be (B, C, H, W), got shape {tuple(images.shape)}")
-    if restarts < 1 or batch_size < 1 or record_every < 1 or iterations < 0:
-        raise ValueError(f"need restarts >= 1, batch_size >= 1, record_every >= 1, iterations >= 0; got "
-                         f"{restarts}, {batch_size}, {record_every}, {iterations}")
+    if restarts < 1 or batch_size < 1 or record_every < 1 or iterations < 0 or candidates < 0:
+        raise ValueError(f"need restarts >= 1, batch_size >= 1, record_every >= 1, iterations >= 0, "
+                         f"candidates >= 0; got {restarts}, {batch_size}, {record_every}, {iterations}, "
+                         f"{candidates}")
     n = images.shape[0]
     if z_init is not None and tuple(z_init.shape) != (n, G.latent_dim):
         raise ValueError(f"z_init must have shape ({n}, {G.latent_dim}), got {tuple(z_init.shape)}")
@@ -280,7 +318,7 @@ def map_to_latent(G: nn.Module, D: Optional[nn.Module], images: torch.Tensor, *,
         for lo in range(0, n, batch_size):
             x = images[lo:lo + batch_size].to(device=device, dtype=torch.float32)
             kept, steps = _map_batch(G, feature_fn, x, start_index=lo, z_init=z_init, restarts=restarts,
-                                     seed=seed, bar=bar, **search)
+                                     candidates=candidates, seed=seed, bar=bar, **search)
             parts.append(kept)
             if iterations == 0:
                 bar.update(1)
@@ -296,7 +334,7 @@ def map_to_latent(G: nn.Module, D: Optional[nn.Module], images: torch.Tensor, *,
         z=cat("z"), reconstructions=cat("x_hat"), residual_score=cat("residual"), feature_score=cat("feature"),
         total_score=cat("total"), loss_history=cat("history", dim=1), history_steps=steps + [iterations],
         best_restart=cat("best"), seconds_per_image=seconds, method=method, iterations=iterations,
-        lambda_=lambda_, feature=feature, restarts=restarts,
+        lambda_=lambda_, feature=feature, restarts=restarts, candidates=candidates,
         features_x=cat("f_x") if keep_features else None, features_rec=cat("f_hat") if keep_features else None,
         feature_grid=grid)
 

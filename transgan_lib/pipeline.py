@@ -91,7 +91,7 @@ def _result_to_dict(r: MappingResult) -> Dict[str, Any]:
 
 def run_mapping(*, data_root: PathLike, category: str, output_dir: PathLike, method: str = "iterative",
                 iterations: Optional[int] = 1000, lambda_: float = 0.1, batch_size: int = 32,
-                device: str = "auto", restarts: int = 1, feature: str = "discriminator",
+                device: str = "auto", restarts: int = 1, candidates: int = 0, feature: str = "discriminator",
                 encoder_epochs: int = 50, seed: int = 0, progress: bool = True) -> Dict[str, Any]:
     """Map the validation normals and the test images of a category to latent codes.
 
@@ -108,13 +108,14 @@ def run_mapping(*, data_root: PathLike, category: str, output_dir: PathLike, met
                                                checkpoint=ckpt_path, epochs=encoder_epochs,
                                                batch_size=batch_size, device=dev, seed=seed, progress=progress)
     common = dict(method=method, encoder=encoder, iterations=iterations, lambda_=lambda_, batch_size=batch_size,
-                  restarts=restarts, feature=feature, seed=seed, progress=progress)
+                  restarts=restarts, candidates=candidates, feature=feature, seed=seed, progress=progress)
     out: Dict[str, Any] = {"method": method, "category": category, "model_config": model_config.to_dict(),
                            "train_config": train_config.to_dict()}
     for name in ("val", "test"):
         result = map_images(G, D, splits[name]["images"], **common)
         out[name] = {**_result_to_dict(result), **{k: splits[name][k] for k in ("labels", "defects", "paths")}}
     out["encoder_history"] = encoder_history
+    out["restarts"], out["candidates"] = restarts, candidates
     out["seconds_per_image"] = out["test"]["seconds_per_image"]
     out["iterations"] = out["test"]["iterations"]
     atomic_torch_save(out, mapping_path(output_dir, category, method))
@@ -192,6 +193,7 @@ def evaluate(*, data_root: PathLike, category: str, output_dir: PathLike, method
     metrics.update({
         "method": method, "iterations": int(mapping["iterations"]), "lambda_": float(test["lambda_"]),
         "n_test": len(labels), "n_val": len(val_images), "seconds_per_image": float(mapping["seconds_per_image"]),
+        "restarts": int(mapping.get("restarts", 1)), "candidates": int(mapping.get("candidates", 0)),
         "map_kind": map_kind, "sigma": sigma, "score_rule": f"max of Gaussian-smoothed {map_kind} map",
         "threshold_rule": f"{threshold_q:g}th percentile of validation-normal scores",
         "category": category, "image_size": int(images.shape[-1]),

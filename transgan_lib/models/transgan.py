@@ -5,7 +5,8 @@ H/W image height/width, nh attention heads, hs head size, nW windows, ws window 
 
 Generator: z -> Linear -> (bottom_width^2 tokens) -> stages of pre-LN transformer blocks, pixel
 shuffle x2 between stages (width / 4, as in the paper, then a projection when a preset keeps a
-minimum width) -> 1x1 conv to RGB -> tanh. Stages larger than 2*window_size per side use windowed
+minimum width) -> 1x1 conv to RGB -> (optional, `global_affine`: per-channel scale and shift
+computed from z, our addition) -> tanh. Stages larger than 2*window_size per side use windowed
 self-attention so a 64x64 (4096-token) stage stays affordable.
 
 Discriminator: multi-scale ViT. Fine patches (image/16) pass the first blocks; they are pooled 2x2
@@ -113,7 +114,7 @@ def _init_weights(m: nn.Module) -> None:
 class TransGANGenerator(nn.Module):
     def __init__(self, *, image_size: int, latent_dim: int, bottom_width: int, dims: Sequence[int],
                  depths: Sequence[int], heads: int, window_size: int, mlp_ratio: int = 4,
-                 channels: int = 3, attn_impl: str = "sdpa"):
+                 channels: int = 3, attn_impl: str = "sdpa", global_affine: bool = False):
         super().__init__()
         self.latent_dim = latent_dim
         self.bottom_width = bottom_width
@@ -133,9 +134,13 @@ class TransGANGenerator(nn.Module):
             if i + 1 < len(dims):
                 self.to_next.append(nn.Identity() if dim // 4 == dims[i + 1] else nn.Linear(dim // 4, dims[i + 1]))
         self.to_rgb = nn.Conv2d(dims[-1], channels, kernel_size=1)
+        self.to_affine = nn.Linear(latent_dim, 2 * channels) if global_affine else None
         self.apply(_init_weights)
         for p in self.pos_embeds:
             nn.init.trunc_normal_(p, std=0.02)
+        if self.to_affine is not None:  # identity at the start
+            nn.init.zeros_(self.to_affine.weight)
+            nn.init.zeros_(self.to_affine.bias)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """z (B, latent_dim) -> images (B, channels, H, W) in [-1, 1]."""
@@ -154,7 +159,11 @@ class TransGANGenerator(nn.Module):
                 x = x.flatten(2).transpose(1, 2)  # (B, N*4, C/4)
                 x = self.to_next[i](x)
         x = x.transpose(1, 2).reshape(B, -1, res, res)  # (B, C, H, W)
-        return torch.tanh(self.to_rgb(x))
+        rgb = self.to_rgb(x)  # (B, channels, H, W)
+        if self.to_affine is not None:  # per-image, per-channel output scale and shift from z
+            scale, shift = self.to_affine(z).view(B, 2, -1, 1, 1).unbind(1)  # each (B, channels, 1, 1)
+            rgb = rgb * (1 + scale) + shift
+        return torch.tanh(rgb)
 
 
 class TransGANDiscriminator(nn.Module):
@@ -209,7 +218,8 @@ def build_generator(cfg: ModelConfig) -> TransGANGenerator:
     return TransGANGenerator(image_size=cfg.image_size, latent_dim=cfg.latent_dim,
                              bottom_width=cfg.bottom_width, dims=cfg.stage_dims(),
                              depths=cfg.stage_depths(), heads=cfg.g_heads, window_size=cfg.window_size,
-                             mlp_ratio=cfg.mlp_ratio, channels=cfg.channels, attn_impl=cfg.attn_impl)
+                             mlp_ratio=cfg.mlp_ratio, channels=cfg.channels, attn_impl=cfg.attn_impl,
+                             global_affine=cfg.global_affine)
 
 
 def build_discriminator(cfg: ModelConfig) -> TransGANDiscriminator:
