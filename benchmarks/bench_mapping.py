@@ -43,6 +43,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import torch
 
 from transgan_lib.baselines import mean_image_baseline
+from transgan_lib.cli import DEMO_PARAMETERS
 from transgan_lib.checkpoint import load_checkpoint, load_models
 from transgan_lib.config import TrainConfig
 from transgan_lib.demo import DEMO_CATEGORY, MARKER, prepare_data
@@ -58,7 +59,8 @@ TARGET_ENCODER = 500.0  # encoder >= 500x faster per image than 1000-iteration s
 REFERENCE_ITERATIONS = 1000
 DATA_RECORD = "bench_data_marker.json"  # beside the bench's GAN: the demo build it was trained on
 QUICK = dict(iterations=50, n_images=32, encoder_epochs=5, train_epochs=10)
-FULL = dict(iterations=1000, n_images=None, encoder_epochs=50, train_epochs=30)
+FULL = dict(iterations=1000, n_images=None, encoder_epochs=50,
+            train_epochs=DEMO_PARAMETERS["02_train_mvtec"]["epochs"])  # the main job's GAN
 
 
 # ----------------------------------------------------------------------------- environment
@@ -86,11 +88,13 @@ def ensure_checkpoint(args, device: torch.device) -> Path:
             raise FileNotFoundError(f"no GAN checkpoint at {path}; train one (python -m transgan_lib.train) "
                                     "or leave out --checkpoint to train a tiny one here")
         return path
+    demo = {k: v for k, v in DEMO_PARAMETERS["02_train_mvtec"].items()
+            if k in ("image_size", "model_size", "latent_dim", "batch_size", "lr", "diffaug")}
     cfg = TrainConfig(data_root=str(args.data_root), category=args.category, output_dir=str(args.output_dir),
-                      image_size=64, model_size="tiny", latent_dim=128, epochs=args.train_epochs,
-                      batch_size=16, device=str(device), sample_every=max(args.train_epochs, 1), seed=0)
+                      epochs=args.train_epochs, device=str(device), sample_every=max(args.train_epochs, 1),
+                      seed=0, **demo)  # the main job's training settings
     path = Path(args.output_dir) / args.category / "checkpoint.pt"
-    record, data_id = path.parent / DATA_RECORD, _data_id(args)
+    record, data_id = path.parent / DATA_RECORD, _data_id(args) + repr(sorted(demo.items()))
     same_data = record.is_file() and record.read_text() == data_id
     if path.is_file() and same_data and load_checkpoint(path).get("epoch", 0) >= args.train_epochs:
         print(f"reusing {path}")
@@ -98,7 +102,7 @@ def ensure_checkpoint(args, device: torch.device) -> Path:
     if path.is_file() and not same_data:
         print(f"{path} was trained on other data ({record.name} differs from {args.category}/{MARKER}): "
               "training from scratch")
-    print(f"training a tiny GAN ({args.train_epochs} epochs, batch 16, latent 128) into {path.parent} ...",
+    print(f"training a tiny GAN ({args.train_epochs} epochs, {demo}) into {path.parent} ...",
           flush=True)
     _, seconds = timed(lambda: train_gan(cfg, resume=same_data, progress=False), device)
     atomic_write_text(data_id, record)
@@ -254,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", default="data/mvtec_ad", help="MVTec-layout root (demo built there if missing)")
     p.add_argument("--category", default=DEMO_CATEGORY)
     p.add_argument("--output-dir", default="runs/bench_mapping", help="trained GAN and the JSON go here")
-    p.add_argument("--train-epochs", type=int, help="epochs of the tiny GAN (default 30; --quick 10)")
+    p.add_argument("--train-epochs", type=int, help="epochs of the tiny GAN (default: the main job's; --quick 10)")
     p.add_argument("--iterations", type=int, help="search steps of loop / iterative (default 1000; --quick 50)")
     p.add_argument("--hybrid-iterations", type=int, help="search steps of hybrid (default iterations // 10)")
     p.add_argument("--batch-size", type=int, default=32)

@@ -33,3 +33,11 @@ def test_bad_train_config():
         TrainConfig(n_critic=0)
     with pytest.raises(ConfigError, match="loss"):
         TrainConfig(loss="bce")
+
+
+def test_configs_saved_before_global_affine_load_without_it():
+    from transgan_lib.config import ModelConfig
+    cfg = ModelConfig(image_size=32, model_size="tiny", latent_dim=16)
+    assert cfg.global_affine and ModelConfig.from_dict(cfg.to_dict()).global_affine  # round trip
+    old = {k: v for k, v in cfg.to_dict().items() if k != "global_affine"}  # a checkpoint of an older version
+    assert ModelConfig.from_dict(old).global_affine is False

@@ -96,7 +96,8 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "ModelConfig":
-        return _from_dict(cls, d)
+        # configs saved before `global_affine` existed describe generators without it
+        return _from_dict(cls, {"global_affine": False, **d})
 
 
 @dataclass
