@@ -54,13 +54,13 @@ def test_score_reuses_the_evaluated_runs_search_settings(tmp_path):
     import argparse
     import json
 
-    from transgan_lib.cli import _mapping_settings
+    from transgan_lib.cli import _evaluated_run, _mapping_settings
     ckpt = tmp_path / "checkpoint.pt"
     (tmp_path / "metrics.json").write_text(json.dumps({"method": "iterative", "iterations": 50,
                                                        "restarts": 2, "candidates": 64}))
     args = argparse.Namespace(method="iterative", iterations=None, restarts=None, candidates=None)
-    assert _mapping_settings(args, ckpt) == {"iterations": 50, "restarts": 2, "candidates": 64}
+    assert _mapping_settings(args, _evaluated_run(args, ckpt)) == {"iterations": 50, "restarts": 2, "candidates": 64}
     args.candidates = 0  # a flag given wins
-    assert _mapping_settings(args, ckpt)["candidates"] == 0
+    assert _mapping_settings(args, _evaluated_run(args, ckpt))["candidates"] == 0
     other = argparse.Namespace(method="hybrid", iterations=None, restarts=None, candidates=None)
-    assert _mapping_settings(other, ckpt) == {"iterations": None, "restarts": 1, "candidates": 0}
+    assert _mapping_settings(other, _evaluated_run(other, ckpt)) == {"iterations": None, "restarts": 1, "candidates": 0}

@@ -103,29 +103,30 @@ def _load_folder(folder: Path, image_size: int, skip_bad: bool):
     return torch.stack(images), kept
 
 
-def _threshold(args, checkpoint: Path) -> Optional[float]:
-    if args.threshold is not None:
-        return args.threshold
-    metrics_path = checkpoint.parent / "metrics.json"
-    if metrics_path.is_file():
-        m = json.loads(metrics_path.read_text())
-        if m.get("method") == args.method and m.get("threshold") is not None:
-            return float(m["threshold"])
-    warnings.warn(f"no threshold: pass --threshold or evaluate with method={args.method!r} first "
-                  f"(notebook 04 writes {metrics_path}); decisions are left empty")
-    return None
-
-
-def _mapping_settings(args, checkpoint: Path) -> dict:
-    """iterations / restarts / candidates for the search: the flags given, else those of the
-    evaluated run (metrics.json beside the checkpoint, same method), so that scores are comparable
-    with the threshold chosen there; else the library defaults."""
-    saved = {}
+def _evaluated_run(args, checkpoint: Path) -> dict:
+    """metrics.json beside the checkpoint when it evaluated the same method, else {}."""
     metrics_path = checkpoint.parent / "metrics.json"
     if metrics_path.is_file():
         m = json.loads(metrics_path.read_text())
         if m.get("method") == args.method:
-            saved = m
+            return m
+    return {}
+
+
+def _threshold(args, saved: dict, checkpoint: Path) -> Optional[float]:
+    if args.threshold is not None:
+        return args.threshold
+    if saved.get("threshold") is not None:
+        return float(saved["threshold"])
+    warnings.warn(f"no threshold: pass --threshold or evaluate with method={args.method!r} first "
+                  f"(notebook 04 writes {checkpoint.parent / 'metrics.json'}); decisions are left empty")
+    return None
+
+
+def _mapping_settings(args, saved: dict) -> dict:
+    """iterations / restarts / candidates for the search: the flags given, else those of the
+    evaluated run `saved` (so that scores are comparable with the threshold chosen there), else
+    the library defaults."""
     defaults = {"iterations": None, "restarts": 1, "candidates": 0}
     return {k: (getattr(args, k) if getattr(args, k) is not None else saved.get(k, d)) for k, d in defaults.items()}
 
@@ -147,15 +148,13 @@ def score_folder(args) -> Path:
     encoder = None
     if args.method in ("encoder", "hybrid"):
         encoder, _ = load_encoder(checkpoint.parent / "encoder.pt", device=str(device))
-    settings = _mapping_settings(args, checkpoint)
-    if args.method == "encoder":
-        settings.update(restarts=1, candidates=0)
+    saved = _evaluated_run(args, checkpoint)
     result = map_images(G, D, images, method=args.method, encoder=encoder, lambda_=args.lambda_,
-                        batch_size=args.batch_size, progress=True, **settings)
+                        batch_size=args.batch_size, progress=True, **_mapping_settings(args, saved))
     part = {k: getattr(result, k) for k in ("reconstructions", "total_score", "features_x", "features_rec",
                                              "feature_grid")}
     scored = score_maps(images, part, sigma=args.sigma)
-    threshold = _threshold(args, checkpoint)
+    threshold = _threshold(args, saved, checkpoint)
     out.mkdir(parents=True, exist_ok=True)
     arrays = {"images": images, "reconstructions": result.reconstructions, "maps": scored["map"],
               "scores": scored["score"], "masks": torch.zeros_like(scored["map"]),

@@ -191,13 +191,10 @@ def _evaluate(G, feature_fn, x, z, f_x, lambda_):
     return dict(total=loss, residual=residual, feature=feat, x_hat=x_hat, f_x=f_x, f_hat=f_hat)
 
 
-def _screen(G, feature_fn, x, *, start_index, seed, candidates, keep, lambda_, amp_dtype):
-    """The `keep` best of `candidates` prior draws per image, by the mapping loss (forward passes
-    only). x (b, C, H, W) -> list of `keep` (b, Z) CPU tensors, best first. Candidate k of image i
-    is `latent_init(seed=seed, restart=k)` of its global index, so batching changes nothing."""
-    b, device = x.shape[0], x.device
-    draws = [latent_init(b, G.latent_dim, seed=seed, restart=k, start_index=start_index)
-             for k in range(candidates)]  # candidates x (b, Z)
+def _screen(G, feature_fn, x, draws, *, keep, lambda_, amp_dtype):
+    """The `keep` best of the prior `draws` (list of (b, Z) CPU codes) per image of x (b, C, H, W),
+    by the mapping loss (forward passes only); returns `keep` (b, Z) CPU tensors, best first."""
+    device = x.device
     with torch.no_grad():
         f_x = feature_fn(x) if feature_fn is not None else None
         losses = []
@@ -207,8 +204,7 @@ def _screen(G, feature_fn, x, *, start_index, seed, candidates, keep, lambda_, a
                 f_hat = feature_fn(x_hat) if feature_fn is not None else None
             losses.append(per_image_loss(x, x_hat, f_x, f_hat, lambda_)[0].float().cpu())
     order = torch.stack(losses).argsort(dim=0, stable=True)  # (candidates, b), best first
-    stacked = torch.stack(draws)  # (candidates, b, Z)
-    cols = torch.arange(b)
+    stacked, cols = torch.stack(draws), torch.arange(x.shape[0])  # (candidates, b, Z)
     return [stacked[order[k], cols] for k in range(keep)]
 
 
@@ -220,14 +216,13 @@ def _map_batch(G, feature_fn, x, *, start_index, z_init, restarts, seed, bar, ca
     """
     b, device = x.shape[0], x.device
     # 1. initial codes, laid out restart-major: row k * b + i is restart k of image i. The prior
-    # restarts are draws k = 0.., or with `candidates` the best of that many draws (screened).
+    # restarts are draws k = 0.. of each image (`latent_init`, so batching changes nothing), or
+    # with `candidates` the best of that many draws (screened).
     n_prior = restarts - (z_init is not None)
-    if candidates > n_prior and n_prior > 0:
-        prior = _screen(G, feature_fn, x, start_index=start_index, seed=seed, candidates=candidates,
-                        keep=n_prior, lambda_=search["lambda_"], amp_dtype=search["amp_dtype"])
-    else:
-        prior = [latent_init(b, G.latent_dim, seed=seed, restart=k, start_index=start_index)
-                 for k in range(n_prior)]
+    draws = [latent_init(b, G.latent_dim, seed=seed, restart=k, start_index=start_index)
+             for k in range(max(n_prior, candidates) if n_prior else 0)]
+    prior = draws if len(draws) == n_prior else _screen(
+        G, feature_fn, x, draws, keep=n_prior, lambda_=search["lambda_"], amp_dtype=search["amp_dtype"])
     inits = prior if z_init is None else [z_init[start_index:start_index + b].detach().float().cpu()] + prior
     z0 = torch.cat(inits).to(device)  # (K*b, Z)
     xk = x.repeat(restarts, 1, 1, 1)  # (K*b, C, H, W)
