@@ -14,7 +14,8 @@ images, the seconds per image of:
 - "hybrid":    the search started from E(x), `--hybrid-iterations` steps (default iterations // 10),
 
 and the image / pixel AUROC of each on the same images (image score = max of the Gaussian-smoothed
-residual map, `pipeline.score_maps`), beside the mean-image baseline scored by the same rule.
+`--map-kind` map, default the shift-tolerant residual that the main job chooses; `pipeline.score_maps`),
+beside the mean-image baseline scored by the same rule.
 Targets checked: batched >= 20x faster per image than the loop; encoder >= 500x faster per image
 than 1000-iteration iterative mapping. The demo data is a demo, not a benchmark: its AUROCs only
 show that the methods work end to end.
@@ -48,6 +49,7 @@ from transgan_lib.checkpoint import load_checkpoint, load_models
 from transgan_lib.config import TrainConfig
 from transgan_lib.demo import DEMO_CATEGORY, MARKER, prepare_data
 from transgan_lib.encoder_training import train_encoder
+from transgan_lib.maps import MAP_KINDS
 from transgan_lib.mapping import MappingResult, encode_images, latent_init, map_to_latent
 from transgan_lib.metrics import image_auroc, pixel_auroc
 from transgan_lib.pipeline import load_splits, score_maps
@@ -127,9 +129,10 @@ def pick_test_images(test: Dict[str, Any], n: Optional[int]) -> Dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- rows
-def aurocs(images: torch.Tensor, reconstructions: torch.Tensor, test: Dict[str, Any]) -> Tuple[float, float]:
-    """(image AUROC, pixel AUROC) of the smoothed residual map |x - G(z*)| and its max."""
-    s = score_maps(images, {"reconstructions": reconstructions, "total_score": None})
+def aurocs(images: torch.Tensor, reconstructions: torch.Tensor, test: Dict[str, Any],
+           kind: str) -> Tuple[float, float]:
+    """(image AUROC, pixel AUROC) of the smoothed `kind` map of x and G(z*), and its max."""
+    s = score_maps(images, {"reconstructions": reconstructions, "total_score": None}, map_kind=kind)
     return image_auroc(test["labels"], s["score"]), pixel_auroc(test["masks"], s["map"])
 
 
@@ -179,7 +182,7 @@ def measure_search(G, D, test, args, device) -> Tuple[Dict[str, Any], Dict[str, 
             "mean_score": loop_score.mean().item()}
     return (make_row("loop (batch 1)", args.iterations, 1, n_loop, seconds["loop"]),
             make_row("iterative", args.iterations, args.batch_size, images.shape[0], seconds["batched"],
-                     aurocs(images, cat("batched", "reconstructions"), test)),
+                     aurocs(images, cat("batched", "reconstructions"), test, args.map_kind)),
             diff)
 
 
@@ -201,12 +204,12 @@ def measure_encoder(G, D, E, test, args, device) -> Tuple[Dict[str, Any], Dict[s
     print(f"  encoder:   {t_enc / n * 1000:.2f} ms/image", flush=True)
     hybrid, t_hyb = timed(hybrid_run, device)
     print(f"  hybrid:    {t_hyb / n:.3f} s/image", flush=True)
-    return (make_row("encoder", 0, args.batch_size, n, t_enc, aurocs(images, runs[0][0].reconstructions, test)),
-            make_row("hybrid", args.hybrid_iterations, args.batch_size, n, t_hyb, aurocs(images, hybrid.reconstructions, test)))
+    return (make_row("encoder", 0, args.batch_size, n, t_enc, aurocs(images, runs[0][0].reconstructions, test, args.map_kind)),
+            make_row("hybrid", args.hybrid_iterations, args.batch_size, n, t_hyb, aurocs(images, hybrid.reconstructions, test, args.map_kind)))
 
 
-def baseline_row(train_images: torch.Tensor, test: Dict[str, Any]) -> Dict[str, Any]:
-    maps, scores = mean_image_baseline(train_images, test["images"])
+def baseline_row(train_images: torch.Tensor, test: Dict[str, Any], kind: str) -> Dict[str, Any]:
+    maps, scores = mean_image_baseline(train_images, test["images"], kind=kind)
     row = make_row("mean-image baseline", None, None, test["images"].shape[0], float("nan"))
     row.update(seconds_per_image=None, seconds_total=None, image_auroc=image_auroc(test["labels"], scores), pixel_auroc=pixel_auroc(test["masks"], maps))
     return row
@@ -266,6 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loop-images", type=int, default=4, help="images the one-at-a-time loop maps")
     p.add_argument("--encoder-epochs", type=int, help="encoder training epochs (default 50; --quick 5)")
     p.add_argument("--repeats", type=int, default=3, help="timed encoder runs (median)")
+    p.add_argument("--map-kind", default="shift_residual", choices=list(MAP_KINDS),
+                   help="anomaly map of every row's AUROC and of the mean-image baseline")
     p.add_argument("--amp", default="off", help="autocast of the search on CUDA: off, auto, bf16, fp16")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, help="torch CPU threads (default torch's; use 1 on a busy machine: "
@@ -312,7 +317,7 @@ def main(argv=None) -> Dict[str, Any]:
         G, D, splits["train"]["images"], epochs=args.encoder_epochs, batch_size=args.batch_size, seed=0,
         device=str(device), progress=False, val_images=splits["val"]["images"]), device)
     encoder, hybrid = measure_encoder(G, D, E, test, args, device)
-    rows = [loop, iterative, encoder, hybrid, baseline_row(splits["train"]["images"], test)]
+    rows = [loop, iterative, encoder, hybrid, baseline_row(splits["train"]["images"], test, args.map_kind)]
     out = {"environment": describe_device(device), "checkpoint": str(ckpt),
            "settings": {k: str(v) for k, v in vars(args).items()}, "rows": rows,
            "targets": targets(loop, iterative, encoder, hybrid), "encoder_training_seconds": t_train,

@@ -54,10 +54,16 @@ def test_score_reuses_the_evaluated_runs_search_settings(tmp_path):
     import argparse
     import json
 
-    from transgan_lib.cli import _evaluated_run, _mapping_settings
+    from transgan_lib.cli import _evaluated_run, _map_settings, _mapping_settings
     ckpt = tmp_path / "checkpoint.pt"
     (tmp_path / "metrics.json").write_text(json.dumps({"method": "iterative", "iterations": 50,
-                                                       "restarts": 2, "candidates": 64}))
+                                                       "restarts": 2, "candidates": 64,
+                                                       "map_kind": "shift_residual", "sigma": 2.0}))
+    flags = argparse.Namespace(method="iterative", map_kind=None, sigma=None)
+    assert _map_settings(flags, _evaluated_run(flags, ckpt)) == {"map_kind": "shift_residual", "sigma": 2.0}
+    flags.map_kind, flags.sigma = "ssim", 1.0  # flags given win
+    assert _map_settings(flags, _evaluated_run(flags, ckpt)) == {"map_kind": "ssim", "sigma": 1.0}
+    assert _map_settings(argparse.Namespace(map_kind=None, sigma=None), {}) == {"map_kind": "residual", "sigma": 4.0}
     args = argparse.Namespace(method="iterative", iterations=None, restarts=None, candidates=None)
     assert _mapping_settings(args, _evaluated_run(args, ckpt)) == {"iterations": 50, "restarts": 2, "candidates": 64}
     args.candidates = 0  # a flag given wins

@@ -15,6 +15,7 @@ from transgan_lib.maps import (
     msgms_map,
     residual_map,
     resize_maps,
+    shift_residual_map,
     ssim_map,
 )
 
@@ -117,10 +118,29 @@ def test_anomaly_maps_entry_point_and_gradients():
     x = torch.rand(1, 3, 16, 16, generator=g) * 2 - 1
     x_hat = (torch.rand(1, 3, 16, 16, generator=g) * 2 - 1).requires_grad_(True)
     assert torch.allclose(anomaly_maps(x, x_hat, "residual", sigma=0), residual_map(x, x_hat))
-    for kind in ("residual", "ssim", "msgms"):
+    for kind in ("residual", "shift_residual", "ssim", "msgms"):
         out = anomaly_maps(x, x_hat, kind, sigma=2.0)
         assert out.shape == (1, 16, 16)
         (grad,) = torch.autograd.grad(out.sum(), x_hat)
         assert torch.isfinite(grad).all() and grad.abs().sum() > 0
     with pytest.raises(ValueError, match="unknown anomaly map kind"):
         anomaly_maps(x, x_hat, "l2")
+
+
+def test_shift_residual_forgives_a_one_pixel_shift_but_not_a_defect():
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(2, 3, 16, 16, generator=g) * 2 - 1
+    shifted = torch.roll(x, shifts=(1, -1), dims=(2, 3))  # G drew the same image one pixel off
+    plain, tolerant = residual_map(x, shifted), shift_residual_map(x, shifted)
+    assert plain[:, 2:-2, 2:-2].mean() > 0.3
+    assert torch.allclose(tolerant[:, 2:-2, 2:-2], torch.zeros(2, 12, 12))  # exact match one px away
+    assert (tolerant <= plain + 1e-7).all()  # shift 0 is among those tried
+    assert torch.equal(shift_residual_map(x, shifted, radius=0), plain)
+    # A 6x6 defect on a flat surface: its centre has no matching pixel within 1 px.
+    flat = torch.zeros(1, 3, 16, 16)
+    defect = flat.clone()
+    defect[..., 5:11, 5:11] = 0.8
+    m = shift_residual_map(defect, flat)
+    assert m[0, 5:11, 5:11].min().item() == pytest.approx(0.8) and m[0, :5].max() == 0
+    with pytest.raises(ValueError, match="radius"):
+        shift_residual_map(x, x, radius=-1)

@@ -20,6 +20,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from .maps import MAP_KINDS
 from .utils import atomic_write_text
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -123,6 +124,14 @@ def _threshold(args, saved: dict, checkpoint: Path) -> Optional[float]:
     return None
 
 
+def _map_settings(args, saved: dict) -> dict:
+    """map_kind / sigma: the flags given, else the evaluated run's (its threshold was chosen on that
+    very map), else the library defaults."""
+    from .pipeline import FALLBACK_MAP_KIND
+    return {"map_kind": args.map_kind or saved.get("map_kind", FALLBACK_MAP_KIND),
+            "sigma": args.sigma if args.sigma is not None else float(saved.get("sigma", 4.0))}
+
+
 def _mapping_settings(args, saved: dict) -> dict:
     """iterations / restarts / candidates for the search: the flags given, else those of the
     evaluated run `saved` (so that scores are comparable with the threshold chosen there), else
@@ -153,7 +162,7 @@ def score_folder(args) -> Path:
                         batch_size=args.batch_size, progress=True, **_mapping_settings(args, saved))
     part = {k: getattr(result, k) for k in ("reconstructions", "total_score", "features_x", "features_rec",
                                              "feature_grid")}
-    scored = score_maps(images, part, sigma=args.sigma)
+    scored = score_maps(images, part, **_map_settings(args, saved))
     threshold = _threshold(args, saved, checkpoint)
     out.mkdir(parents=True, exist_ok=True)
     arrays = {"images": images, "reconstructions": result.reconstructions, "maps": scored["map"],
@@ -203,7 +212,10 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--candidates", type=int, default=None,
                        help="prior codes screened per image (default: the evaluated run's, else 0)")
     score.add_argument("--lambda", dest="lambda_", type=float, default=0.1)
-    score.add_argument("--sigma", type=float, default=4.0, help="Gaussian smoothing of the map")
+    score.add_argument("--map-kind", default=None, choices=list(MAP_KINDS),
+                       help="anomaly map (default: the evaluated run's, else residual)")
+    score.add_argument("--sigma", type=float, default=None,
+                       help="Gaussian smoothing of the map (default: the evaluated run's, else 4)")
     score.add_argument("--threshold", type=float, default=None,
                        help="decision threshold (default: the one notebook 04 chose on validation normals)")
     score.add_argument("--batch-size", type=int, default=32)

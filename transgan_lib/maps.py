@@ -17,7 +17,7 @@ from typing import Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 
-MAP_KINDS = ("residual", "ssim", "msgms")
+MAP_KINDS = ("residual", "shift_residual", "ssim", "msgms")
 
 # Image data range of [-1, 1] images, used by SSIM's stabilising constants.
 DATA_RANGE = 2.0
@@ -35,6 +35,33 @@ def residual_map(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
     """
     _check_pair(x, x_hat)
     return (x - x_hat).abs().mean(dim=1)
+
+
+def shift_residual_map(x: torch.Tensor, x_hat: torch.Tensor, radius: int = 1) -> torch.Tensor:
+    """Residual tolerant to a misalignment of up to `radius` pixels: per pixel, the smallest
+    channel-averaged |x - x_hat| over x_hat shifted by (dy, dx) in [-radius, radius]^2.
+
+    Why: a generator places thin edges (mortar lines, seams, printed text) a sub-pixel off or
+    slightly blurred, and the plain residual then lights up along every edge of a normal image.
+    A defect wider than the tolerance has no matching pixel nearby and keeps its residual.
+    radius 0 is `residual_map`. Shifts read x_hat with replicate padding at the border.
+
+    Args:
+        x, x_hat: (B, C, H, W) images.
+    Returns:
+        (B, H, W) map.
+    """
+    _check_pair(x, x_hat)
+    if radius < 0:
+        raise ValueError(f"radius must be >= 0, got {radius}")
+    h, w = x.shape[-2:]
+    padded = F.pad(x_hat, (radius, radius, radius, radius), mode="replicate")  # (B, C, H+2r, W+2r)
+    best = None
+    for dy in range(2 * radius + 1):
+        for dx in range(2 * radius + 1):
+            d = (x - padded[..., dy:dy + h, dx:dx + w]).abs().mean(dim=1)  # (B, H, W)
+            best = d if best is None else torch.minimum(best, d)
+    return best
 
 
 def gaussian_kernel1d(sigma: float, radius: int, *, device=None, dtype=torch.float32) -> torch.Tensor:
@@ -213,13 +240,15 @@ def anomaly_maps(x: torch.Tensor, x_hat: torch.Tensor, kind: str = "residual", s
 
     Args:
         x, x_hat: (B, C, H, W) images in [-1, 1].
-        kind: "residual", "ssim" or "msgms".
+        kind: one of MAP_KINDS: "residual", "shift_residual" (1 px tolerance), "ssim", "msgms".
         sigma: smoothing std in pixels (0 = none).
     Returns:
         (B, H, W) smoothed map.
     """
     if kind == "residual":
         maps = residual_map(x, x_hat)
+    elif kind == "shift_residual":
+        maps = shift_residual_map(x, x_hat)
     elif kind == "ssim":
         maps = ssim_map(x, x_hat)
     elif kind == "msgms":

@@ -4,9 +4,11 @@ residuals into anomaly maps and scores, and measure them honestly.
 Protocol (fixed before looking at any test number):
 - the validation normals are the same seeded split of train/good that training used; the decision
   threshold is a percentile of *their* scores; the test set is used only to report metrics;
-- the image score is the max of the Gaussian-smoothed map (`map_kind`, default "residual"); the
-  other scores and maps (AnoGAN total, feature map, SSIM, MSGMS) are reported beside it under
-  `alternatives`, never chosen by their test AUROC;
+- the image score is the max of the Gaussian-smoothed map. Its kind (`map_kind="auto"`, the
+  default) is the one of `maps.MAP_KINDS` that best separates the validation normals from CutPaste
+  copies of them (`synthetic.cutpaste`, mapped beside them by `run_mapping`): a choice made with
+  no test image. The other scores and maps (AnoGAN total, feature map, every map kind) are
+  reported beside it under `alternatives`, never chosen by their test AUROC;
 - the baselines (mean training image, raw-pixel patch nearest neighbour) are scored by the same code
   on the same images.
 
@@ -29,11 +31,14 @@ from .data import MVTecAD, split_train_val, stack_dataset
 from .demo import prepare_data
 from .encoder_training import encoder_checkpoint_path, load_encoder, train_encoder
 from .mapping import MappingResult, map_images
-from .maps import anomaly_maps, feature_residual_map, gaussian_smooth, max_score
-from .metrics import compute_metrics, roc_points, threshold_from_normals
+from .maps import MAP_KINDS, anomaly_maps, feature_residual_map, gaussian_smooth, max_score
+from .metrics import compute_metrics, image_auroc, roc_points, threshold_from_normals
+from .synthetic import cutpaste
 from .utils import PathLike, atomic_torch_save, atomic_write_json, resolve_device
 
-MAP_KINDS = ("residual", "ssim", "msgms")
+# The map kind used when `map_kind="auto"` has nothing to choose with (a mapping file written
+# before synthetic anomalies were mapped).
+FALLBACK_MAP_KIND = "residual"
 
 
 def category_dir(output_dir: PathLike, category: str) -> Path:
@@ -92,11 +97,16 @@ def _result_to_dict(r: MappingResult) -> Dict[str, Any]:
 def run_mapping(*, data_root: PathLike, category: str, output_dir: PathLike, method: str = "iterative",
                 iterations: Optional[int] = 1000, lambda_: float = 0.1, batch_size: int = 32,
                 device: str = "auto", restarts: int = 1, candidates: int = 0, feature: str = "discriminator",
-                encoder_epochs: int = 50, seed: int = 0, progress: bool = True) -> Dict[str, Any]:
+                encoder_epochs: int = 50, seed: int = 0, synthetic_copies: int = 3,
+                progress: bool = True) -> Dict[str, Any]:
     """Map the validation normals and the test images of a category to latent codes.
 
     Reads `<output_dir>/<category>/checkpoint.pt`; trains the encoder first when `method` needs it
-    and none fits. Saves everything to `mapping_<method>.pt` and returns that dict (plus the splits).
+    and none fits. Also maps `synthetic_copies` CutPaste copies of each validation normal
+    ("val_synthetic", with their images and masks; 0 = none), which `evaluate` uses to choose the
+    map kind. Three copies, because with one the choice between map kinds flipped with the seed of
+    the copies (20 demo normals against 20 copies); with three it did not.
+    Saves everything to `mapping_<method>.pt` and returns that dict (plus the splits).
     """
     dev = resolve_device(device)
     ckpt_path = category_dir(output_dir, category) / "checkpoint.pt"
@@ -114,6 +124,12 @@ def run_mapping(*, data_root: PathLike, category: str, output_dir: PathLike, met
     for name in ("val", "test"):
         result = map_images(G, D, splits[name]["images"], **common)
         out[name] = {**_result_to_dict(result), **{k: splits[name][k] for k in ("labels", "defects", "paths")}}
+    if synthetic_copies > 0:
+        # (B * copies, C, H, W): the copies of one normal are adjacent, so they alternate between
+        # a CutPaste rectangle and a scar.
+        images, masks = cutpaste(splits["val"]["images"].repeat_interleave(synthetic_copies, 0), seed=seed)
+        out["val_synthetic"] = {**_result_to_dict(map_images(G, D, images, **common)), "images": images,
+                                "masks": masks}
     out["encoder_history"] = encoder_history
     out["restarts"], out["candidates"] = restarts, candidates
     out["seconds_per_image"] = out["test"]["seconds_per_image"]
@@ -148,6 +164,32 @@ def score_maps(images: torch.Tensor, part: Dict[str, Any], *, map_kind: str = "r
     return out
 
 
+def select_map_kind(val_images: torch.Tensor, val: Dict[str, Any], synthetic: Optional[Dict[str, Any]], *,
+                    sigma: float = 4.0, kinds=MAP_KINDS) -> Dict[str, Any]:
+    """The map kind whose image score (max of the smoothed map) best separates the validation
+    normals from their CutPaste copies: AUROC on those two sets only, ties to the earlier kind.
+
+    Args:
+        val_images, val: the validation normals (B, C, H, W) and their mapping part.
+        synthetic: the "val_synthetic" mapping part (with "images"), or None.
+    Returns:
+        {"chosen": kind, "rule": text, "synthetic_auroc": {kind: AUROC}}; without synthetic
+        anomalies, FALLBACK_MAP_KIND and an empty table.
+    """
+    if synthetic is None:
+        return {"chosen": FALLBACK_MAP_KIND, "synthetic_auroc": {},
+                "rule": "no synthetic anomalies in the mapping file (rerun notebook 03): default map kind"}
+    labels = torch.cat([torch.zeros(len(val_images)), torch.ones(len(synthetic["images"]))])
+    table = {}
+    for kind in kinds:
+        normal = score_maps(val_images, val, map_kind=kind, sigma=sigma)["score"]
+        anomalous = score_maps(synthetic["images"], synthetic, map_kind=kind, sigma=sigma)["score"]
+        table[kind] = image_auroc(labels, torch.cat([normal, anomalous]))
+    chosen = max(kinds, key=lambda k: table[k])  # max keeps the first of equal values
+    return {"chosen": chosen, "synthetic_auroc": table,
+            "rule": "highest image AUROC of validation normals vs their CutPaste copies"}
+
+
 def _alternatives(test, val, images, val_images, masks, labels, defects, sigma) -> Dict[str, Any]:
     """Every other map / score rule, each thresholded on the validation normals, none selected."""
     rows = {}
@@ -167,9 +209,12 @@ def _alternatives(test, val, images, val_images, masks, labels, defects, sigma) 
 
 
 def evaluate(*, data_root: PathLike, category: str, output_dir: PathLike, method: str = "iterative",
-             map_kind: str = "residual", sigma: float = 4.0, threshold_q: float = 99.0,
+             map_kind: str = "auto", sigma: float = 4.0, threshold_q: float = 99.0,
              baselines: bool = True, mapping: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """Metrics of a mapped category, written to `<output_dir>/<category>/metrics.json`.
+
+    `map_kind`: one of `maps.MAP_KINDS`, or "auto" to choose it on validation normals and their
+    CutPaste copies (`select_map_kind`; recorded under "map_selection").
 
     Returns the metrics dict plus (not saved to JSON) "arrays": maps, scores, images for figures and
     the explorer widget.
@@ -186,6 +231,11 @@ def evaluate(*, data_root: PathLike, category: str, output_dir: PathLike, method
     test, val = mapping["test"], mapping["val"]
     images, val_images = splits["test"]["images"], splits["val"]["images"]
     masks, labels, defects = splits["test"]["masks"][:, 0], splits["test"]["labels"], splits["test"]["defects"]
+    selection = select_map_kind(val_images, val, mapping.get("val_synthetic"), sigma=sigma)
+    if map_kind == "auto":
+        map_kind = selection["chosen"]
+        print(f"map kind: {map_kind} ({selection['rule']}: "
+              + ", ".join(f"{k} {v:.3f}" for k, v in selection["synthetic_auroc"].items()) + ")")
     t = score_maps(images, test, map_kind=map_kind, sigma=sigma)
     v = score_maps(val_images, val, map_kind=map_kind, sigma=sigma)
     threshold = threshold_from_normals(v["score"], q=threshold_q)
@@ -194,7 +244,7 @@ def evaluate(*, data_root: PathLike, category: str, output_dir: PathLike, method
         "method": method, "iterations": int(mapping["iterations"]), "lambda_": float(test["lambda_"]),
         "n_test": len(labels), "n_val": len(val_images), "seconds_per_image": float(mapping["seconds_per_image"]),
         "restarts": int(mapping.get("restarts", 1)), "candidates": int(mapping.get("candidates", 0)),
-        "map_kind": map_kind, "sigma": sigma, "score_rule": f"max of Gaussian-smoothed {map_kind} map",
+        "map_kind": map_kind, "map_selection": selection, "sigma": sigma, "score_rule": f"max of Gaussian-smoothed {map_kind} map",
         "threshold_rule": f"{threshold_q:g}th percentile of validation-normal scores",
         "category": category, "image_size": int(images.shape[-1]),
     })
@@ -230,6 +280,10 @@ def format_metrics(metrics: Dict[str, Any]) -> str:
     if metrics.get("threshold") is not None:
         lines += ["", f"threshold {metrics['threshold']:.4f} ({metrics.get('threshold_rule', '')}): "
                       + ", ".join(f"{k} {v:.3f}" for k, v in at.items())]
+    sel = metrics.get("map_selection") or {}
+    if sel.get("synthetic_auroc"):
+        lines += [f"map kind {metrics.get('map_kind')!r}; {sel['rule']}: "
+                  + ", ".join(f"{k} {v:.3f}" for k, v in sel["synthetic_auroc"].items())]
     lines += [verdict(metrics)] if verdict(metrics) else []
     lines += [f"{metrics.get('n_test')} test images, {metrics.get('seconds_per_image', float('nan')) * 1000:.1f} ms "
               f"per image ({metrics.get('iterations')} iterations)"]
