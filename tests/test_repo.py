@@ -65,6 +65,14 @@ def test_notebook_parameters_and_no_definitions(nb_path):
             assert not re.search(r"^\s*(def|class)\s", src, re.M), f"{nb_path.name}: logic belongs in transgan_lib"
 
 
+@pytest.mark.parametrize("nb_path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_papermill_reads_every_parameter(nb_path):
+    """papermill -p only warns ("Passed unknown parameter") about a line it cannot parse, e.g. a
+    comment holding "=": every parameter must be one papermill sees."""
+    pm = pytest.importorskip("papermill")
+    assert set(pm.inspect_notebook(str(nb_path))) == set(_parameters(nb_path))
+
+
 def test_ci_runs_readme_test_command():
     readme = (ROOT / "README.md").read_text()
     ci = (ROOT / ".ci" / "run").read_text()

@@ -234,8 +234,6 @@ def evaluate(*, data_root: PathLike, category: str, output_dir: PathLike, method
     selection = select_map_kind(val_images, val, mapping.get("val_synthetic"), sigma=sigma)
     if map_kind == "auto":
         map_kind = selection["chosen"]
-        print(f"map kind: {map_kind} ({selection['rule']}: "
-              + ", ".join(f"{k} {v:.3f}" for k, v in selection["synthetic_auroc"].items()) + ")")
     t = score_maps(images, test, map_kind=map_kind, sigma=sigma)
     v = score_maps(val_images, val, map_kind=map_kind, sigma=sigma)
     threshold = threshold_from_normals(v["score"], q=threshold_q)
@@ -268,9 +266,9 @@ def format_metrics(metrics: Dict[str, Any]) -> str:
     """A plain-text table: the GAN's rows (main rule and alternatives) beside the baselines."""
     def row(name, m):
         vals = [m.get(k) for k in ("image_auroc", "pixel_auroc", "aupro", "image_f1_max")]
-        return f"{name:<28}" + "".join(f"{'-' if v is None else f'{v:.3f}':>12}" for v in vals)
+        return f"{name:<38}" + "".join(f"{'-' if v is None else f'{v:.3f}':>12}" for v in vals)
 
-    lines = [f"{'':<28}{'image AUROC':>12}{'pixel AUROC':>12}{'AUPRO':>12}{'F1-max':>12}",
+    lines = [f"{'':<38}{'image AUROC':>12}{'pixel AUROC':>12}{'AUPRO':>12}{'F1-max':>12}",
              row(f"TransGAN {metrics.get('method', '')} ({metrics.get('map_kind', '')})", metrics)]
     lines += [row(f"  alt: {name}", m) for name, m in metrics.get("alternatives", {}).items()]
     lines += [row(f"baseline: {name}", m) for name, m in metrics.get("baselines", {}).items()]
