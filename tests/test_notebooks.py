@@ -31,7 +31,8 @@ def test_notebooks_01_to_04_run_end_to_end(demo_root, tmp_path):
 
     _run("03_latent_mapping", tmp_path, **common, method="hybrid", iterations=3, batch_size=16, device="cpu",
          encoder_epochs=1)
-    assert json.loads((run_dir / "mapping_hybrid.json").read_text())["iterations"] == 3
+    summary = json.loads((run_dir / "mapping_hybrid.json").read_text())
+    assert summary["iterations"] == 3 and summary["n_val_synthetic"] == 3 * summary["n_val"]
 
     executed = _run("04_residual_heatmaps", tmp_path, **common, method="hybrid")
     metrics = json.loads((run_dir / "metrics.json").read_text())
