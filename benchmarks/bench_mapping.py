@@ -50,7 +50,7 @@ from transgan_lib.checkpoint import load_checkpoint, load_models
 from transgan_lib.config import TrainConfig
 from transgan_lib.demo import DEMO_CATEGORY, MARKER, prepare_data
 from transgan_lib.encoder_training import train_encoder
-from transgan_lib.maps import MAP_KINDS, feature_residual_map, gaussian_smooth, max_score
+from transgan_lib.maps import MAP_KINDS, max_score
 from transgan_lib.mapping import MappingResult, encode_images, latent_init, map_to_latent
 from transgan_lib.metrics import image_auroc, pixel_auroc
 from transgan_lib.pipeline import load_splits, score_maps
@@ -194,7 +194,9 @@ def compare_maps(D, reconstructions: torch.Tensor, test: Dict[str, Any], device)
     out = {kind: aurocs(images, reconstructions, test, kind) for kind in MAP_KINDS}
     with torch.no_grad():
         f_x, f_rec = (D(t.to(device), return_features=True)[1].float().cpu() for t in (images, reconstructions))
-    fmap = gaussian_smooth(feature_residual_map(f_x, f_rec, tuple(D.feature_grid), tuple(images.shape[-2:])), 4.0)
+    part = {"reconstructions": reconstructions, "total_score": None, "features_x": f_x, "features_rec": f_rec,
+            "feature_grid": tuple(D.feature_grid)}
+    fmap = score_maps(images, part)["feature_map"]  # the pipeline's feature map, smoothed alike
     out["feature (D tokens)"] = (image_auroc(test["labels"], max_score(fmap)), pixel_auroc(test["masks"], fmap))
     return out
 

@@ -182,9 +182,9 @@ def select_map_kind(val_images: torch.Tensor, val: Dict[str, Any], synthetic: Op
     labels = torch.cat([torch.zeros(len(val_images)), torch.ones(len(synthetic["images"]))])
     table = {}
     for kind in kinds:
-        normal = score_maps(val_images, val, map_kind=kind, sigma=sigma)["score"]
-        anomalous = score_maps(synthetic["images"], synthetic, map_kind=kind, sigma=sigma)["score"]
-        table[kind] = image_auroc(labels, torch.cat([normal, anomalous]))
+        scores = [max_score(anomaly_maps(images, part["reconstructions"], kind=kind, sigma=sigma))
+                  for images, part in ((val_images, val), (synthetic["images"], synthetic))]
+        table[kind] = image_auroc(labels, torch.cat(scores))
     chosen = max(kinds, key=lambda k: table[k])  # max keeps the first of equal values
     return {"chosen": chosen, "synthetic_auroc": table,
             "rule": "highest image AUROC of validation normals vs their CutPaste copies"}
