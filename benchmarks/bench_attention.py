@@ -18,7 +18,7 @@ import time
 import torch
 
 from transgan_lib.config import TrainConfig
-from transgan_lib.train import GANState, train_step
+from transgan_lib.gan.train import GANState, train_step
 from transgan_lib.utils import describe_device, resolve_device
 
 

@@ -44,18 +44,28 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 
-from transgan_lib.baselines import mean_image_baseline
 from transgan_lib.cli import DEMO_PARAMETERS
-from transgan_lib.checkpoint import load_checkpoint, load_models
 from transgan_lib.config import TrainConfig
-from transgan_lib.demo import DEMO_CATEGORY, MARKER, prepare_data
-from transgan_lib.encoder_training import train_encoder
-from transgan_lib.maps import MAP_KINDS, max_score
-from transgan_lib.mapping import MappingResult, encode_images, latent_init, map_to_latent
+from transgan_lib.data.demo import DEMO_CATEGORY, MARKER, prepare_data
+from transgan_lib.detection.baselines import mean_image_baseline
+from transgan_lib.detection.encoder_training import train_encoder
+from transgan_lib.detection.mapping import (
+    MappingResult,
+    encode_images,
+    latent_init,
+    map_to_latent,
+)
+from transgan_lib.detection.maps import MAP_KINDS, max_score
+from transgan_lib.detection.pipeline import load_splits, score_maps
+from transgan_lib.gan.checkpoint import load_checkpoint, load_models
+from transgan_lib.gan.train import train_gan
 from transgan_lib.metrics import image_auroc, pixel_auroc
-from transgan_lib.pipeline import load_splits, score_maps
-from transgan_lib.train import train_gan
-from transgan_lib.utils import atomic_write_json, atomic_write_text, describe_device, resolve_device
+from transgan_lib.utils import (
+    atomic_write_json,
+    atomic_write_text,
+    describe_device,
+    resolve_device,
+)
 
 TARGET_BATCHED = 20.0  # batched >= 20x faster per image than the one-image loop
 TARGET_ENCODER = 500.0  # encoder >= 500x faster per image than 1000-iteration search

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from transgan_lib.augment import cutout, diff_augment, parse_policy, translate
+from transgan_lib.gan.augment import cutout, diff_augment, parse_policy, translate
 
 POLICY = "color,translation,cutout"
 

@@ -4,7 +4,11 @@ import math
 import pytest
 import torch
 
-from transgan_lib.baselines import mean_image_baseline, patch_nn_baseline, run_baselines
+from transgan_lib.detection.baselines import (
+    mean_image_baseline,
+    patch_nn_baseline,
+    run_baselines,
+)
 
 SIZE = 32
 SQUARE = (slice(12, 20), slice(14, 22))  # rows, cols of the pasted defect

@@ -11,9 +11,17 @@ import torch
 import torchvision
 from PIL import Image
 
-from transgan_lib.cifar import (CIFAR10_CLASSES, LabelledImages, list_classes, load_anomaly_split,
-                                load_classification, make_anomaly_split, resolve_class, to_float)
-from transgan_lib.data import DatasetError
+from transgan_lib.cifar.data import (
+    CIFAR10_CLASSES,
+    LabelledImages,
+    list_classes,
+    load_anomaly_split,
+    load_classification,
+    make_anomaly_split,
+    resolve_class,
+    to_float,
+)
+from transgan_lib.data.mvtec import DatasetError
 
 
 # ----------------------------------------------------------------------------- CIFAR-10 files

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from transgan_lib import cifar_losses as L
+from transgan_lib.cifar import losses as L
 
 
 def softplus(v):

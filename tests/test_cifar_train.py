@@ -11,11 +11,20 @@ import torch
 import torchvision
 from PIL import Image
 
-from transgan_lib.cifar_eval import evaluate_cifar, run_all_classes, run_cifar
-from transgan_lib.cifar_train import (CifarConfig, build_cifar_models, build_optimizers, combine_scores,
-                                      load_cifar_checkpoint, run_dir, score_images, train_cifar, train_step)
+from transgan_lib.cifar.evaluate import evaluate_cifar, run_all_classes, run_cifar
+from transgan_lib.cifar.model import EncoderWeightsError, load_resnet
+from transgan_lib.cifar.train import (
+    CifarConfig,
+    build_cifar_models,
+    build_optimizers,
+    combine_scores,
+    load_cifar_checkpoint,
+    run_dir,
+    score_images,
+    train_cifar,
+    train_step,
+)
 from transgan_lib.config import ConfigError
-from transgan_lib.models.dual import EncoderWeightsError, load_resnet
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "05_cifar_dual_discriminator.ipynb"

@@ -7,8 +7,15 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from transgan_lib.data import (MVTEC_CATEGORIES, DatasetError, MVTecAD, load_image, load_mask,
-                               split_train_val, stack_dataset)
+from transgan_lib.data.mvtec import (
+    MVTEC_CATEGORIES,
+    DatasetError,
+    MVTecAD,
+    load_image,
+    load_mask,
+    split_train_val,
+    stack_dataset,
+)
 
 
 def write_png(path: Path, array: np.ndarray) -> Path:

@@ -8,7 +8,7 @@ import torch
 import torch.multiprocessing as mp
 
 from transgan_lib.config import TrainConfig
-from transgan_lib.train import load_checkpoint, train_gan
+from transgan_lib.gan.train import load_checkpoint, train_gan
 
 SIZE = 32
 

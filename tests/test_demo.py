@@ -8,9 +8,14 @@ import pytest
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
-from transgan_lib import demo
-from transgan_lib.data import DatasetError, MVTecAD, stack_dataset
-from transgan_lib.demo import DEMO_CATEGORY, DEMO_DEFECTS, ensure_demo_data, prepare_data
+from transgan_lib.data import demo
+from transgan_lib.data.demo import (
+    DEMO_CATEGORY,
+    DEMO_DEFECTS,
+    ensure_demo_data,
+    prepare_data,
+)
+from transgan_lib.data.mvtec import DatasetError, MVTecAD, stack_dataset
 
 SMALL = dict(n_train=3, n_test_good=2, n_test_per_defect=2, size=48)
 

@@ -4,9 +4,18 @@ import pytest
 import torch
 
 from transgan_lib.config import ConfigError, ModelConfig
-from transgan_lib.encoder_training import (encoder_checkpoint_path, load_encoder, save_encoder,
-                                           train_encoder)
-from transgan_lib.mapping import DEFAULT_ITERATIONS, HYBRID_DIVISOR, map_images, resolve_iterations
+from transgan_lib.detection.encoder_training import (
+    encoder_checkpoint_path,
+    load_encoder,
+    save_encoder,
+    train_encoder,
+)
+from transgan_lib.detection.mapping import (
+    DEFAULT_ITERATIONS,
+    HYBRID_DIVISOR,
+    map_images,
+    resolve_iterations,
+)
 from transgan_lib.models import build_discriminator
 from transgan_lib.models.encoder import LatentEncoder
 from transgan_lib.utils import atomic_torch_save

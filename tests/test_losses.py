@@ -5,8 +5,14 @@ import pytest
 import torch
 from torch import nn
 
-from transgan_lib.losses import (d_loss_hinge, d_loss_wgan, drift_penalty, g_loss_hinge, g_loss_wgan,
-                                 gradient_penalty)
+from transgan_lib.gan.losses import (
+    d_loss_hinge,
+    d_loss_wgan,
+    drift_penalty,
+    g_loss_hinge,
+    g_loss_wgan,
+    gradient_penalty,
+)
 
 REAL = torch.tensor([2.0, 0.5, -1.0])
 FAKE = torch.tensor([-3.0, 0.0, 1.5])

@@ -4,11 +4,17 @@ import urllib.error
 import pytest
 import torch
 
-from transgan_lib import maps, perceptual
 from transgan_lib.config import ModelConfig
-from transgan_lib.mapping import (MappingResult, PerceptualWeightsError, latent_init, load_perceptual_net,
-                                  map_to_latent, per_image_loss)
-from transgan_lib.models import build_models
+from transgan_lib.detection import maps
+from transgan_lib.detection.mapping import (
+    MappingResult,
+    PerceptualWeightsError,
+    latent_init,
+    load_perceptual_net,
+    map_to_latent,
+    per_image_loss,
+)
+from transgan_lib.models import build_models, perceptual
 
 SIZE, LATENT = 16, 16
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from skimage.metrics import structural_similarity
 
-from transgan_lib.maps import (
+from transgan_lib.detection.maps import (
     anomaly_maps,
     feature_residual_map,
     gaussian_smooth,

@@ -4,11 +4,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from transgan_lib.metrics import threshold_from_normals
-from transgan_lib.metrics import image_auroc
-from transgan_lib.pipeline import (FALLBACK_MAP_KIND, evaluate, format_metrics, load_mapping, run_mapping,
-                                   score_maps, select_map_kind, verdict)
-from transgan_lib.synthetic import cutpaste
+from transgan_lib.data.synthetic import cutpaste
+from transgan_lib.detection.pipeline import (
+    FALLBACK_MAP_KIND,
+    evaluate,
+    format_metrics,
+    load_mapping,
+    run_mapping,
+    score_maps,
+    select_map_kind,
+    verdict,
+)
+from transgan_lib.metrics import image_auroc, threshold_from_normals
 
 METRICS_KEYS = {"image_auroc", "pixel_auroc", "aupro", "image_f1_max", "threshold", "per_defect", "method",
                 "iterations", "n_test", "seconds_per_image", "baselines"}

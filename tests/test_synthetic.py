@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from transgan_lib.synthetic import CUTPASTE_AREA, cutpaste
+from transgan_lib.data.synthetic import CUTPASTE_AREA, cutpaste
 
 
 def _images(n=8, size=32):

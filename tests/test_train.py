@@ -9,9 +9,18 @@ from PIL import Image
 from torch import nn
 
 from transgan_lib.config import ConfigError, TrainConfig
-from transgan_lib.train import (CheckpointError, build_ema, diversity_ratio, evaluate_diversity,
-                                load_checkpoint, load_generator, load_models, main, sample_diversity,
-                                train_gan)
+from transgan_lib.gan.train import (
+    CheckpointError,
+    build_ema,
+    diversity_ratio,
+    evaluate_diversity,
+    load_checkpoint,
+    load_generator,
+    load_models,
+    main,
+    sample_diversity,
+    train_gan,
+)
 
 SIZE = 32
 
@@ -262,8 +271,14 @@ def test_cli_trains_on_a_folder_of_pngs(tmp_path):
 def test_viz_grids_and_figures(tmp_path, reference):
     from matplotlib.figure import Figure
 
-    from transgan_lib.viz import (image_grid, plot_history, plot_image_grid, plot_roc_curves,
-                                  plot_score_histograms, save_image_grid)
+    from transgan_lib.viz.figures import (
+        image_grid,
+        plot_history,
+        plot_image_grid,
+        plot_roc_curves,
+        plot_score_histograms,
+        save_image_grid,
+    )
     images = torch.stack([torch.full((3, 8, 8), -1.0), torch.full((3, 8, 8), 1.0)])
     grid = image_grid(images, nrow=2, padding=0)
     assert grid.shape == (8, 16, 3) and grid.dtype == np.uint8

@@ -1,7 +1,7 @@
 import numpy as np
 import torch
 
-from transgan_lib.widgets import ResidualExplorer, explorer_figure, mask_comparison
+from transgan_lib.viz.explorer import ResidualExplorer, explorer_figure, mask_comparison
 
 
 def _arrays(n=4, size=16):

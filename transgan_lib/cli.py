@@ -20,7 +20,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from .maps import MAP_KINDS
+from .detection.maps import MAP_KINDS
 from .utils import atomic_write_text
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -75,7 +75,7 @@ def run_demo(*, data_root: str = "data/mvtec_ad", output_dir: str = "runs", devi
           f"AUPRO {metrics['aupro']:.3f}  F1-max {metrics['image_f1_max']:.3f}")
     for name, row in base.items():
         print(f"  baseline {name:<10} image AUROC {row['image_auroc']:.3f}  pixel AUROC {row['pixel_auroc']:.3f}")
-    from .pipeline import verdict
+    from .detection.pipeline import verdict
     if verdict(metrics):
         print("  " + verdict(metrics))
     print(f"  executed notebooks: {executed}\n  figures, checkpoints: {Path(output_dir) / 'demo'}\n"
@@ -84,7 +84,7 @@ def run_demo(*, data_root: str = "data/mvtec_ad", output_dir: str = "runs", devi
 
 
 def _load_folder(folder: Path, image_size: int, skip_bad: bool):
-    from .data import DatasetError, list_images, load_image
+    from .data.mvtec import DatasetError, list_images, load_image
     if not folder.is_dir():
         raise FileNotFoundError(f"--images {folder} is not a folder")
     paths = sorted(p for sub in [folder, *[d for d in folder.rglob("*") if d.is_dir()]] for p in list_images(sub))
@@ -127,7 +127,7 @@ def _threshold(args, saved: dict, checkpoint: Path) -> Optional[float]:
 def _map_settings(args, saved: dict) -> dict:
     """map_kind / sigma: the flags given, else the evaluated run's (its threshold was chosen on that
     very map), else the library defaults."""
-    from .pipeline import FALLBACK_MAP_KIND
+    from .detection.pipeline import FALLBACK_MAP_KIND
     return {"map_kind": args.map_kind or saved.get("map_kind", FALLBACK_MAP_KIND),
             "sigma": args.sigma if args.sigma is not None else float(saved.get("sigma", 4.0))}
 
@@ -142,13 +142,13 @@ def _mapping_settings(args, saved: dict) -> dict:
 
 def score_folder(args) -> Path:
     """Score every image under `args.images`; writes scores.csv and <stem>_heatmap.png to `args.out`."""
-    from .checkpoint import load_models
-    from .encoder_training import load_encoder
-    from .mapping import map_images
-    from .pipeline import score_maps
+    from .detection.encoder_training import load_encoder
+    from .detection.mapping import map_images
+    from .detection.pipeline import score_maps
+    from .gan.checkpoint import load_models
     from .utils import resolve_device
-    from .viz import save_figure
-    from .widgets import explorer_figure
+    from .viz.explorer import explorer_figure
+    from .viz.figures import save_figure
 
     checkpoint, out = Path(args.checkpoint), Path(args.out)
     device = resolve_device(args.device)
@@ -227,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "train":
-        from .train import main as train_main
+        from .gan.train import main as train_main
         train_main(argv[1:])
         return
     args = build_parser().parse_args(argv)

@@ -24,17 +24,23 @@ from typing import Any, Dict, Optional
 
 import torch
 
+from ..config import TrainConfig
+from ..data.demo import prepare_data
+from ..data.mvtec import MVTecAD, split_train_val, stack_dataset
+from ..data.synthetic import cutpaste
+from ..gan.checkpoint import load_checkpoint, load_models
+from ..metrics import compute_metrics, image_auroc, roc_points, threshold_from_normals
+from ..utils import PathLike, atomic_torch_save, atomic_write_json, resolve_device
 from .baselines import run_baselines
-from .checkpoint import load_checkpoint, load_models
-from .config import TrainConfig
-from .data import MVTecAD, split_train_val, stack_dataset
-from .demo import prepare_data
 from .encoder_training import encoder_checkpoint_path, load_encoder, train_encoder
 from .mapping import MappingResult, map_images
-from .maps import MAP_KINDS, anomaly_maps, feature_residual_map, gaussian_smooth, max_score
-from .metrics import compute_metrics, image_auroc, roc_points, threshold_from_normals
-from .synthetic import cutpaste
-from .utils import PathLike, atomic_torch_save, atomic_write_json, resolve_device
+from .maps import (
+    MAP_KINDS,
+    anomaly_maps,
+    feature_residual_map,
+    gaussian_smooth,
+    max_score,
+)
 
 # The map kind used when `map_kind="auto"` has nothing to choose with (a mapping file written
 # before synthetic anomalies were mapped).

@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 from torchvision.utils import make_grid
 
-from .utils import PathLike, atomic_write
+from ..utils import PathLike, atomic_write
 
 COLLAPSE_THRESHOLD = 0.1  # diversity ratio under which the generator is flagged as collapsed
 

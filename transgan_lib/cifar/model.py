@@ -23,7 +23,11 @@ import torchvision
 from torch import nn
 
 from ..config import ModelConfig
-from .transgan import TransGANDiscriminator, build_discriminator, build_generator
+from ..models.transgan import (
+    TransGANDiscriminator,
+    build_discriminator,
+    build_generator,
+)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -13,7 +13,7 @@ import torch
 from matplotlib.figure import Figure
 from PIL import Image
 
-from .data import MVTecAD
+from ..data.mvtec import MVTecAD
 
 
 def dataset_summary(train: MVTecAD, test: MVTecAD) -> Dict[str, Any]:

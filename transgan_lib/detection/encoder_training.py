@@ -23,10 +23,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 from tqdm.auto import tqdm
 
-from .config import ConfigError
+from ..config import ConfigError
+from ..models.encoder import LatentEncoder
+from ..utils import atomic_torch_save, autocast, autocast_dtype, resolve_device
 from .mapping import frozen
-from .models.encoder import LatentEncoder
-from .utils import atomic_torch_save, autocast, autocast_dtype, resolve_device
 
 PathLike = Union[str, os.PathLike]
 Images = Union[torch.Tensor, Dataset, DataLoader]

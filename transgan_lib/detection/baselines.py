@@ -16,8 +16,8 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from transgan_lib.maps import anomaly_maps, gaussian_smooth, max_score, resize_maps
-from transgan_lib.metrics import compute_metrics, threshold_from_normals
+from ..metrics import compute_metrics, threshold_from_normals
+from .maps import anomaly_maps, gaussian_smooth, max_score, resize_maps
 
 
 @torch.no_grad()

@@ -31,13 +31,24 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import cifar_losses as L
-from .cifar import AnomalySplit, LabelledImages, load_classification, make_anomaly_split, to_float
-from .config import ConfigError, ModelConfig, _from_dict
-from .metrics import image_auroc
-from .models.dual import FEATURE_EXTRACTORS, DualReconstructionModel, build_dual_models
-from .utils import atomic_torch_save, autocast, autocast_dtype, resolve_device, seed_everything
-
+from ..config import ConfigError, ModelConfig, _from_dict
+from ..metrics import image_auroc
+from ..utils import (
+    atomic_torch_save,
+    autocast,
+    autocast_dtype,
+    resolve_device,
+    seed_everything,
+)
+from . import losses as L
+from .data import (
+    AnomalySplit,
+    LabelledImages,
+    load_classification,
+    make_anomaly_split,
+    to_float,
+)
+from .model import FEATURE_EXTRACTORS, DualReconstructionModel, build_dual_models
 
 # Encoder defaults per model size: (feature extractor, ResNet input size). `tiny` keeps a CPU epoch
 # over ~1,300 32x32 images under a minute.

@@ -36,8 +36,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .perceptual import PerceptualWeightsError, load_perceptual_net  # noqa: F401 (re-exported)
-from .utils import autocast, autocast_dtype
+from ..models.perceptual import PerceptualWeightsError, load_perceptual_net  # noqa: F401 (re-exported)
+from ..utils import autocast, autocast_dtype
 
 FEATURE_KINDS = ("discriminator", "perceptual", "none")
 METHODS = ("iterative", "encoder", "hybrid")

@@ -37,15 +37,36 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
+from ..config import ConfigError, ModelConfig, TrainConfig
+from ..models.transgan import build_models
+from ..utils import (
+    atomic_torch_save,
+    autocast,
+    autocast_dtype,
+    resolve_device,
+    seed_everything,
+)
+from ..viz.figures import COLLAPSE_THRESHOLD, plot_history, save_figure, save_image_grid
 from .augment import diff_augment
-from .checkpoint import (CHECKPOINT_NAME, CheckpointError, check_compatible, load_checkpoint,
-                         load_generator, load_models, make_checkpoint, resume_state, write_history)
-from .config import ConfigError, ModelConfig, TrainConfig
-from .losses import (d_loss_hinge, d_loss_wgan, drift_penalty, g_loss_hinge, g_loss_wgan,
-                     gradient_penalty)
-from .models.transgan import build_models
-from .utils import atomic_torch_save, autocast, autocast_dtype, resolve_device, seed_everything
-from .viz import COLLAPSE_THRESHOLD, plot_history, save_figure, save_image_grid
+from .checkpoint import (
+    CHECKPOINT_NAME,
+    CheckpointError,
+    check_compatible,
+    load_checkpoint,
+    load_generator,
+    load_models,
+    make_checkpoint,
+    resume_state,
+    write_history,
+)
+from .losses import (
+    d_loss_hinge,
+    d_loss_wgan,
+    drift_penalty,
+    g_loss_hinge,
+    g_loss_wgan,
+    gradient_penalty,
+)
 
 N_FIXED = 16  # fixed samples (and real images) for the diversity ratio and sample grids
 
@@ -354,8 +375,11 @@ def _setup_distributed(device_name: str):
 
 
 def _build_datasets(cfg: TrainConfig):
-    from .data import MVTecAD, split_train_val  # lazy: tests may pass their own datasets
-    from .demo import prepare_data
+    from ..data.demo import prepare_data
+    from ..data.mvtec import (  # lazy: tests may pass their own datasets
+        MVTecAD,
+        split_train_val,
+    )
     if _rank() == 0:
         prepare_data(cfg.data_root, cfg.category)
     if _world_size() > 1:

@@ -40,7 +40,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
-from .data import DEMO_CATEGORY_NAME, DatasetError, MVTecAD, PathLike
+from .mvtec import DEMO_CATEGORY_NAME, DatasetError, MVTecAD, PathLike
 
 DEMO_CATEGORY = DEMO_CATEGORY_NAME
 DEMO_VERSION = 3

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 import torchvision
 from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
 
-from .data import DatasetError, load_image
+from ..data.mvtec import DatasetError, load_image
 
 PathLike = Union[str, os.PathLike]
 DATASETS: Tuple[str, ...] = ("cifar10", "folder")

@@ -23,13 +23,23 @@ import torch
 from matplotlib.figure import Figure
 from sklearn.metrics import average_precision_score
 
-from .cifar import LabelledImages, list_classes, load_classification, to_float
-from .cifar_train import (LOSS_NAMES, SCORE_PARTS, CifarConfig, CifarRun, _select, combine_scores, run_dir,
-                          run_root, score_images, train_cifar)
-from .metrics import classification_at_threshold, image_auroc, threshold_from_normals
-from .models.dual import DualReconstructionModel
-from .utils import atomic_write_json, atomic_write_text
-from .viz import plot_image_grid
+from ..metrics import classification_at_threshold, image_auroc, threshold_from_normals
+from ..utils import atomic_write_json, atomic_write_text
+from ..viz.figures import plot_image_grid
+from .data import LabelledImages, list_classes, load_classification, to_float
+from .model import DualReconstructionModel
+from .train import (
+    LOSS_NAMES,
+    SCORE_PARTS,
+    CifarConfig,
+    CifarRun,
+    _select,
+    combine_scores,
+    run_dir,
+    run_root,
+    score_images,
+    train_cifar,
+)
 
 
 # ----------------------------------------------------------------------------- scoring

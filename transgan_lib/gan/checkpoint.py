@@ -23,9 +23,9 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
 import numpy as np
 import torch
 
-from .config import ConfigError, ModelConfig, TrainConfig
-from .models.transgan import TransGANDiscriminator, TransGANGenerator, build_models
-from .utils import PathLike, atomic_write_json, atomic_write_text
+from ..config import ConfigError, ModelConfig, TrainConfig
+from ..models.transgan import TransGANDiscriminator, TransGANGenerator, build_models
+from ..utils import PathLike, atomic_write_json, atomic_write_text
 
 FORMAT_VERSION = 1
 CHECKPOINT_NAME = "checkpoint.pt"
