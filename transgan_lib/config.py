@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 # Architecture presets. `g_dim` is the width of the first (bottom_width x bottom_width) stage;
 # each pixel-shuffle upsampling divides the width by 4 (as in TransGAN) down to `g_min_dim`.
@@ -25,7 +25,16 @@ class ConfigError(ValueError):
     """A configuration value is invalid or does not match a checkpoint."""
 
 
-def _from_dict(cls, d: Dict[str, Any]):
+def config_from_parameters(cls, namespace: Mapping[str, Any], **overrides):
+    """Build the dataclass `cls` from a notebook's parameters: every field of `cls` whose name is
+    in `namespace` (e.g. `globals()` after the papermill `parameters` cell) takes that value, the
+    others keep their defaults; `overrides` win over both."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{**{k: v for k, v in namespace.items() if k in names}, **overrides})
+
+
+def dataclass_from_dict(cls, d: Dict[str, Any]):
+    """`cls(**d)` with lists turned back into tuples; ConfigError naming unknown fields."""
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - names)
     if unknown:
@@ -97,7 +106,7 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "ModelConfig":
         # configs saved before `global_affine` existed describe generators without it
-        return _from_dict(cls, {"global_affine": False, **d})
+        return dataclass_from_dict(cls, {"global_affine": False, **d})
 
 
 @dataclass
@@ -150,4 +159,4 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "TrainConfig":
-        return _from_dict(cls, d)
+        return dataclass_from_dict(cls, d)

@@ -1,4 +1,5 @@
-"""Small shared helpers: device choice, seeding, autocast, atomic file writes."""
+"""Small shared helpers: path type, ImageNet statistics, batch unpacking, device choice, seeding,
+autocast, atomic file writes."""
 from __future__ import annotations
 
 import contextlib
@@ -14,6 +15,17 @@ import numpy as np
 import torch
 
 PathLike = Union[str, os.PathLike]
+# ImageNet normalisation of torchvision's pretrained networks (perceptual loss, CIFAR encoder)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def batch_images(batch: Any) -> torch.Tensor:
+    """The (B, C, H, W) images of a data-loader batch: a tensor, an (images, ...) tuple
+    (TensorDataset) or a {"image": ...} dict (MVTecAD)."""
+    if isinstance(batch, dict):
+        return batch["image"]
+    return batch[0] if isinstance(batch, (list, tuple)) else batch
 
 
 def resolve_device(device: str = "auto") -> torch.device:

@@ -37,8 +37,8 @@ import torchvision
 from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
 
 from ..data.mvtec import DatasetError, load_image
+from ..utils import PathLike
 
-PathLike = Union[str, os.PathLike]
 DATASETS: Tuple[str, ...] = ("cifar10", "folder")
 PROTOCOLS: Tuple[str, ...] = ("one_vs_rest_anomaly", "one_class_normal")
 CIFAR10_FOLDER = "cifar-10-batches-py"

@@ -28,9 +28,8 @@ from ..models.transgan import (
     build_discriminator,
     build_generator,
 )
+from ..utils import IMAGENET_MEAN, IMAGENET_STD
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 FEATURE_EXTRACTORS: Dict[str, Tuple[str, str, int]] = {
     # name: (torchvision builder, weights enum member, pooled feature size)
     "resnet50": ("resnet50", "ResNet50_Weights.IMAGENET1K_V2", 2048),

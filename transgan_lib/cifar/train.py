@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..config import ConfigError, ModelConfig, _from_dict
+from ..config import ConfigError, ModelConfig, dataclass_from_dict
 from ..metrics import image_auroc
 from ..utils import (
     atomic_torch_save,
@@ -141,7 +141,7 @@ class CifarConfig:
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "CifarConfig":
-        return _from_dict(cls, d)
+        return dataclass_from_dict(cls, d)
 
 
 class CifarModels(NamedTuple):

@@ -27,7 +27,7 @@ from PIL import Image
 from torch.utils.data import Dataset, Subset
 from torchvision.transforms.functional import pil_to_tensor
 
-PathLike = Union[str, os.PathLike]
+from ..utils import PathLike
 
 MVTEC_CATEGORIES: Tuple[str, ...] = (
     "bottle", "cable", "capsule", "carpet", "grid", "hazelnut", "leather", "metal_nut",

@@ -12,7 +12,6 @@ with `mapping.map_images(method="encoder" | "hybrid", encoder=E)`.
 """
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Union
@@ -25,10 +24,16 @@ from tqdm.auto import tqdm
 
 from ..config import ConfigError
 from ..models.encoder import LatentEncoder
-from ..utils import atomic_torch_save, autocast, autocast_dtype, resolve_device
+from ..utils import (
+    PathLike,
+    atomic_torch_save,
+    autocast,
+    autocast_dtype,
+    batch_images,
+    resolve_device,
+)
 from .mapping import frozen
 
-PathLike = Union[str, os.PathLike]
 Images = Union[torch.Tensor, Dataset, DataLoader]
 ENCODER_CHECKPOINT_NAME = "encoder.pt"
 
@@ -52,13 +57,6 @@ def _loader(data: Images, batch_size: int, *, shuffle: bool, seed: int) -> DataL
     return DataLoader(data, batch_size=batch_size, shuffle=shuffle, generator=g)
 
 
-def _images_of(batch: Any) -> torch.Tensor:
-    """The (B, C, H, W) images of a batch: a tensor, a (images, ...) tuple or a {"image": ...} dict."""
-    if isinstance(batch, dict):
-        return batch["image"]
-    if isinstance(batch, (list, tuple)):
-        return batch[0]
-    return batch
 
 
 def encoder_loss(G: nn.Module, D: nn.Module, E: nn.Module, x: torch.Tensor,
@@ -80,7 +78,7 @@ def _mean_val_loss(G, D, E, loader, kappa, device, amp_dtype) -> float:
     total, count = 0.0, 0
     with torch.no_grad():
         for batch in loader:
-            x = _images_of(batch).to(device=device, dtype=torch.float32)
+            x = batch_images(batch).to(device=device, dtype=torch.float32)
             with autocast(device, amp_dtype):
                 loss, _, _ = encoder_loss(G, D, E, x, kappa)
             total += loss.item() * x.shape[0]
@@ -145,7 +143,7 @@ def train_encoder(G: nn.Module, D: nn.Module, train_images_or_loader: Images, *,
         for epoch in tqdm(range(1, epochs + 1), desc="encoder", disable=not progress, unit="epoch"):
             start, sums, count = time.perf_counter(), torch.zeros(3), 0
             for batch in train_loader:
-                x = _images_of(batch).to(device=device, dtype=torch.float32)
+                x = batch_images(batch).to(device=device, dtype=torch.float32)
                 with autocast(device, amp_dtype):
                     losses = encoder_loss(G, D, E, x, kappa)
                 opt.zero_grad(set_to_none=True)

@@ -25,8 +25,8 @@ from typing import Any, Dict, Optional
 import torch
 
 from ..config import TrainConfig
-from ..data.demo import prepare_data
-from ..data.mvtec import MVTecAD, split_train_val, stack_dataset
+from ..data.mvtec import stack_dataset
+from ..data.splits import open_split, train_val_split
 from ..data.synthetic import cutpaste
 from ..gan.checkpoint import load_checkpoint, load_models
 from ..metrics import compute_metrics, image_auroc, roc_points, threshold_from_normals
@@ -57,11 +57,9 @@ def mapping_path(output_dir: PathLike, category: str, method: str) -> Path:
 
 def load_splits(data_root: PathLike, category: str, train_config) -> Dict[str, Any]:
     """Train / validation / test splits exactly as training made them (same seed and fraction)."""
-    prepare_data(data_root, category)
     size = train_config.image_size
-    train_full = MVTecAD(data_root=data_root, category=category, split="train", image_size=size)
-    train, val = split_train_val(train_full, train_config.val_fraction, train_config.seed)
-    test = MVTecAD(data_root=data_root, category=category, split="test", image_size=size)
+    train, val = train_val_split(data_root, category, size, train_config.val_fraction, train_config.seed)
+    test = open_split(data_root, category, "test", size)
     return {"train": stack_dataset(train), "val": stack_dataset(val), "test": stack_dataset(test)}
 
 

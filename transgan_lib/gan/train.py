@@ -43,6 +43,7 @@ from ..utils import (
     atomic_torch_save,
     autocast,
     autocast_dtype,
+    batch_images,
     resolve_device,
     seed_everything,
 )
@@ -240,12 +241,6 @@ def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
     return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1, np.uint64)[0] >> 1)
 
 
-def _images(batch) -> torch.Tensor:
-    """Dataset items may be dicts with "image" (MVTecAD), tuples (TensorDataset) or tensors."""
-    if isinstance(batch, dict):
-        return batch["image"]
-    return batch[0] if isinstance(batch, (list, tuple)) else batch
-
 
 def _epoch_loader(train_set: Dataset, cfg: TrainConfig, epoch: int, start_batch: int) -> DataLoader:
     """Batches of epoch `epoch` for this rank, skipping the first `start_batch` (resume)."""
@@ -268,7 +263,7 @@ def _batches_per_epoch(train_set: Dataset, cfg: TrainConfig) -> int:
 
 def _fixed_real(train_set: Dataset, cfg: TrainConfig) -> torch.Tensor:
     """The first N_FIXED training images (K, C, H, W): the diversity reference."""
-    real = torch.stack([_images(train_set[i]) for i in range(min(N_FIXED, len(train_set)))])
+    real = torch.stack([batch_images(train_set[i]) for i in range(min(N_FIXED, len(train_set)))])
     expected = (cfg.model_config().channels, cfg.image_size, cfg.image_size)
     if tuple(real.shape[1:]) != expected:
         raise ConfigError(f"training images have shape {tuple(real.shape[1:])}, the model expects {expected}; "
@@ -282,8 +277,8 @@ def _mean_val_logit(st: GANState, val_set: Dataset) -> float:
     total, n = 0.0, 0
     for batch in DataLoader(val_set, batch_size=st.cfg.batch_size, shuffle=False):
         with autocast(st.device, st.amp_dtype):
-            total += float(st.D(_images(batch).to(st.device)).float().sum())
-        n += len(_images(batch))
+            total += float(st.D(batch_images(batch).to(st.device)).float().sum())
+        n += len(batch_images(batch))
     return total / max(n, 1)
 
 
@@ -304,7 +299,7 @@ def _run_epoch(st: GANState, train_set: Dataset, epoch: int, epoch_state: Option
         sums = {k: torch.tensor(v, device=st.device) for k, v in epoch_state["sums"].items()}
     t0 = time.perf_counter()
     for i, batch in enumerate(_epoch_loader(train_set, st.cfg, epoch, start), start=start):
-        stats = train_step(st, _images(batch).to(st.device, non_blocking=True), gen)
+        stats = train_step(st, batch_images(batch).to(st.device, non_blocking=True), gen)
         for k, v in stats.items():
             sums[k] += v
         counts["d"] += 1
@@ -375,17 +370,16 @@ def _setup_distributed(device_name: str):
 
 
 def _build_datasets(cfg: TrainConfig):
-    from ..data.demo import prepare_data
-    from ..data.mvtec import (  # lazy: tests may pass their own datasets
-        MVTecAD,
-        split_train_val,
-    )
-    if _rank() == 0:
-        prepare_data(cfg.data_root, cfg.category)
-    if _world_size() > 1:
-        dist.barrier()  # the demo category is written once, by rank 0
-    ds = MVTecAD(data_root=cfg.data_root, category=cfg.category, split="train", image_size=cfg.image_size)
-    return split_train_val(ds, cfg.val_fraction, cfg.seed)
+    from ..data.splits import train_val_split  # lazy: tests may pass their own datasets
+
+    def split():
+        return train_val_split(cfg.data_root, cfg.category, cfg.image_size, cfg.val_fraction, cfg.seed)
+    if _world_size() == 1:
+        return split()
+    # the demo category is written once, by rank 0, before the other ranks read it
+    sets = split() if _rank() == 0 else None
+    dist.barrier()
+    return sets if sets is not None else split()
 
 
 def _save(st: GANState, path: Path, epoch_state: Optional[Dict[str, Any]] = None) -> None:

@@ -11,9 +11,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..utils import IMAGENET_MEAN, IMAGENET_STD
+
 PERCEPTUAL_NETS = {"resnet18": "layer2", "vgg16": 9}  # backbone -> where its features are cut
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class PerceptualWeightsError(RuntimeError):

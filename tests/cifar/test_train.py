@@ -26,7 +26,7 @@ from transgan_lib.cifar.train import (
 )
 from transgan_lib.config import ConfigError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOK = ROOT / "notebooks" / "05_cifar_dual_discriminator.ipynb"
 # A tiny model: 16 px, TransGAN "tiny", random ResNet18 at 32 px (never downloads).
 TINY = dict(image_size=16, model_size="tiny", latent_dim=32, pretrained=False, feature_extractor="resnet18",
