@@ -90,3 +90,24 @@ def test_kaggle_metadata_points_at_notebooks():
             assert key in meta, f"{meta_path.name}: {key} missing"
         assert (ROOT / "notebooks" / meta["code_file"]).exists(), f"{meta_path.name}: {meta['code_file']} not found"
         assert meta["kernel_type"] == "notebook" and meta["language"] == "python"
+
+
+# import name -> distribution name, for the modules transgan_lib imports from other packages
+DISTRIBUTIONS = {"IPython": "ipykernel", "PIL": "pillow", "skimage": "scikit-image", "sklearn": "scikit-learn"}
+
+
+def test_every_imported_package_is_declared():
+    """A package the library imports is a declared dependency in pyproject.toml (scipy once was not)."""
+    import sys
+    imported = set()
+    for path in (ROOT / "transgan_lib").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                imported.add(node.module.split(".")[0])
+    third_party = {m for m in imported if m not in sys.stdlib_module_names and m != "transgan_lib"}
+    text = (ROOT / "pyproject.toml").read_text()
+    declared = set(re.findall(r'^\s*"([A-Za-z0-9_.-]+)', text.split("dependencies = [")[1].split("]")[0], re.M))
+    missing = sorted(m for m in third_party if DISTRIBUTIONS.get(m, m) not in declared)
+    assert not missing, f"imported but not declared in pyproject.toml: {missing}"
