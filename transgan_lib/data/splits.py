@@ -1,0 +1,29 @@
+"""Opening a category's splits: the one place where the embedded demo category is built on first
+use (only for `category == "demo"`); every other category is read as it is, with `DatasetError`
+naming the fix when it is missing or mis-laid."""
+from __future__ import annotations
+
+from typing import Tuple
+
+from torch.utils.data import Subset
+
+from ..utils import PathLike
+from .demo import DEMO_CATEGORY, prepare_data
+from .mvtec import MVTecAD, split_train_val
+
+
+def open_split(data_root: PathLike, category: str, split: str, image_size: int) -> MVTecAD:
+    """The `split` ("train"/"test") of `<data_root>/<category>`; builds the demo category first."""
+    if category == DEMO_CATEGORY:
+        prepare_data(data_root, category)
+    return MVTecAD(data_root=data_root, category=category, split=split, image_size=image_size)
+
+
+def train_val_split(data_root: PathLike, category: str, image_size: int, val_fraction: float,
+                    seed: int) -> Tuple[Subset, Subset]:
+    """(train, validation) normals of train/good: the seeded split training and scoring share.
+
+    Every training image is read here (and cached), so an unreadable file stops the run before
+    training starts, with DatasetError naming each bad file, instead of in the middle of an epoch.
+    """
+    return split_train_val(open_split(data_root, category, "train", image_size).verify(), val_fraction, seed)
