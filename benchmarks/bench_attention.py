@@ -1,7 +1,7 @@
 """Training-step throughput of TransGAN with fused SDPA attention vs plain matmul-softmax.
 
 Measures, in one run and side by side, full training steps (D update with WGAN-GP + drift and
-DiffAugment, then G update + EMA: `transgan_lib.train.train_step` with n_critic=1) for
+DiffAugment, then G update + EMA: `transgan_lib.gan.train.train_step` with n_critic=1) for
 attn_impl "sdpa" and "math", per model preset, at 64x64. On CUDA both bf16 autocast and fp32
 are measured. The gradient-penalty pass always runs the math backend (no double backward in
 the fused kernels), so the two columns differ only in the ordinary forward/backward passes.

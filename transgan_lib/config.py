@@ -142,6 +142,10 @@ class TrainConfig:
     checkpoint_every: int = 1  # epochs between checkpoints
     num_workers: int = 0
     model: Dict[str, Any] = field(default_factory=dict)  # extra ModelConfig overrides
+    # Fields that may change between a checkpoint and the run resuming it without a warning (`model`:
+    # the architecture is checked on its own). A class attribute, not a field: it has no annotation.
+    RESUME_FREE = ("epochs", "device", "num_workers", "sample_every", "checkpoint_every", "data_root",
+                   "output_dir", "amp", "model")
 
     def __post_init__(self):
         if self.loss not in ("wgan-gp", "hinge"):

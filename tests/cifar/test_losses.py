@@ -1,4 +1,4 @@
-"""Tests for transgan_lib.cifar_losses against values computed by hand on tiny tensors."""
+"""Tests for transgan_lib.cifar.losses against values computed by hand on tiny tensors."""
 import math
 
 import pytest

@@ -1,4 +1,5 @@
-"""Tests for the dual-discriminator model and its training (transgan_lib.models.dual, cifar_train, cifar_eval)."""
+"""Tests for the dual-discriminator model, its training, checkpoints and evaluation (transgan_lib.cifar)."""
+import ast
 import csv
 import dataclasses
 import json
@@ -11,20 +12,20 @@ import torch
 import torchvision
 from PIL import Image
 
+from transgan_lib.cifar.config import CifarConfig, run_dir, run_files
 from transgan_lib.cifar.evaluate import evaluate_cifar, run_all_classes, run_cifar
 from transgan_lib.cifar.model import EncoderWeightsError, load_resnet
+from transgan_lib.cifar.score import combine_scores, score_images, select_parts
 from transgan_lib.cifar.train import (
-    CifarConfig,
     build_cifar_models,
     build_optimizers,
-    combine_scores,
     load_cifar_checkpoint,
-    run_dir,
-    score_images,
     train_cifar,
     train_step,
 )
-from transgan_lib.config import ConfigError
+from transgan_lib.config import ConfigError, config_from_parameters
+from transgan_lib.gan.checkpoint import CheckpointError, load_checkpoint, load_generator
+from transgan_lib.runs import run_paths
 
 ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOK = ROOT / "notebooks" / "05_cifar_dual_discriminator.ipynb"
@@ -159,6 +160,8 @@ def test_combine_scores_standardises_on_reference():
     parts = {"l1": np.array([2.0, 5.0]), "patch": np.array([1.0, 1.0])}
     # l1: (x - 2) / 1, patch: (x - 1) / 1
     assert combine_scores(parts, reference, {"l1": 1.0, "patch": 2.0}).tolist() == [0.0, 3.0]
+    kept = select_parts(parts, np.array([False, True]))
+    assert {k: v.tolist() for k, v in kept.items()} == {"l1": [5.0], "patch": [1.0]}
 
 
 def test_learnable_folder_run_detects_the_anomaly_class(trained):
@@ -195,15 +198,76 @@ def test_checkpoint_reloads_the_same_model(trained):
         np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-6)
 
 
-def test_resume_continues_and_refuses_other_settings(learnable_root, tmp_path):
-    base = dict(dataset="folder", data_root=str(learnable_root), anomaly_class="flat", output_dir=str(tmp_path),
+def _without_seconds(history):
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in history]
+
+
+def test_resume_equals_uninterrupted_and_refuses_other_settings(learnable_root, tmp_path):
+    base = dict(dataset="folder", data_root=str(learnable_root), anomaly_class="flat",
                 max_train_images=40, max_test_images=16, **TINY)
+    whole = train_cifar(CifarConfig(epochs=2, output_dir=str(tmp_path / "whole"), **base))
+    base["output_dir"] = str(tmp_path / "parts")
     first = train_cifar(CifarConfig(epochs=1, **base))
     second = train_cifar(CifarConfig(epochs=2, resume=True, **base))
     assert [r["epoch"] for r in second.history] == [1, 2]
     assert second.history[0]["l1"] == first.history[0]["l1"]
-    with pytest.raises(ConfigError, match="w_l1"):
-        train_cifar(CifarConfig(epochs=3, resume=True, w_l1=5.0, **base))
+    # exact: the epoch's random draws, optimizer and scaler state, RNG states all come back
+    for name, a, b in zip(("model", "d_normal", "d_anomalous"), whole.models, second.models):
+        for (key, t), u in zip(a.state_dict().items(), b.state_dict().values()):
+            assert torch.equal(t, u), f"{name}.{key} differs from the uninterrupted run"
+    assert _without_seconds(second.history) == _without_seconds(whole.history)
+    # every changed setting outside CifarConfig.RESUME_FREE is named; free ones (epochs, progress) are not
+    with pytest.raises(ConfigError, match="w_l1: checkpoint 10.0 vs config 5.0") as err:
+        train_cifar(CifarConfig(epochs=3, resume=True, w_l1=5.0, **{**base, "patch_top_k": 2}))
+    assert "patch_top_k: checkpoint 4 vs config 2" in str(err.value) and "epochs" not in str(err.value)
+
+
+def test_checkpoint_loaders_refuse_corrupt_files_and_other_kinds(trained, trained_run, tmp_path):
+    cfg, _, _ = trained
+    cifar_ckpt = run_files(cfg).checkpoint
+    gan_ckpt = run_paths(trained_run.output_dir, trained_run.category).checkpoint
+    with pytest.raises(CheckpointError, match="is a 'gan' checkpoint, but a 'cifar-dual' checkpoint"):
+        load_cifar_checkpoint(gan_ckpt)
+    with pytest.raises(CheckpointError, match="is a 'cifar-dual' checkpoint, but a 'gan' checkpoint"):
+        load_checkpoint(cifar_ckpt)
+    with pytest.raises(CheckpointError, match="'cifar-dual'"):
+        load_generator(cifar_ckpt)
+    truncated = tmp_path / "checkpoint.pt"
+    truncated.write_bytes(cifar_ckpt.read_bytes()[:2000])
+    with pytest.raises(CheckpointError, match="corrupt.*delete it"):
+        load_cifar_checkpoint(truncated)
+    with pytest.raises(FileNotFoundError, match="train_cifar"):
+        load_cifar_checkpoint(tmp_path / "missing.pt")
+    ckpt = torch.load(cifar_ckpt, weights_only=True)
+    torch.save({**ckpt, "format_version": 99}, truncated)
+    with pytest.raises(CheckpointError, match="format_version 99, newer"):
+        load_cifar_checkpoint(truncated)
+    # a checkpoint written before the shared stack (no kind, RNG or scaler) still loads
+    old = {k: v for k, v in ckpt.items() if k not in ("kind", "format_version", "rng", "scaler")}
+    torch.save({**old, "format": "cifar-dual-v1"}, truncated)
+    cfg2, models, history = load_cifar_checkpoint(truncated)
+    assert cfg2 == cfg and len(history) == 3
+    assert all(torch.equal(t, ckpt["model"][k]) for k, t in models.model.state_dict().items())
+
+
+def test_notebook_parameters_build_the_config():
+    """Notebook 05 builds its CifarConfig with config_from_parameters(CifarConfig, globals()): every
+    parameter but `all_classes` must be a field, and no other name defined before it may be one."""
+    cells = [c for c in json.loads(NOTEBOOK.read_text())["cells"] if c["cell_type"] == "code"]
+    index = next(i for i, c in enumerate(cells) if "parameters" in c.get("metadata", {}).get("tags", []))
+    params = {node.targets[0].id: ast.literal_eval(node.value)
+              for node in ast.parse("".join(cells[index]["source"])).body if isinstance(node, ast.Assign)}
+    fields = {f.name for f in dataclasses.fields(CifarConfig)}
+    assert set(params) - fields == {"all_classes"}
+    defined = {alias.asname or alias.name.split(".")[0] for c in cells[:index]
+               for node in ast.walk(ast.parse("".join(c["source"])))
+               if isinstance(node, (ast.Import, ast.ImportFrom)) for alias in node.names}
+    defined |= {node.id for c in cells[:index] for node in ast.walk(ast.parse("".join(c["source"])))
+                if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store)}
+    assert not defined & fields, "a set-up or import name would be taken as a config field"
+    cfg = config_from_parameters(CifarConfig, params)
+    assert all(getattr(cfg, k) == v for k, v in params.items() if k in fields and v is not None)
+    assert "config_from_parameters(CifarConfig, globals())" in "".join(cells[index + 1]["source"])
 
 
 def test_run_all_classes_writes_the_summary_table(learnable_root, tmp_path):

@@ -147,7 +147,7 @@ def test_checkpoint_round_trip(reference):
     for key in ("G", "D", "G_ema", "opt_G", "opt_D", "scaler", "epoch", "step", "config", "model_config",
                 "rng", "fixed_z", "history", "format_version"):
         assert key in ckpt, key
-    assert ckpt["epoch"] == 2 and ckpt["step"] == 8
+    assert ckpt["epoch"] == 2 and ckpt["step"] == 8 and ckpt["kind"] == "gan"
     z = torch.randn(2, 32, generator=torch.Generator().manual_seed(0))
     G, mc = load_generator(path)
     assert mc.latent_dim == 32 and not G.training
@@ -186,6 +186,26 @@ def test_crash_then_resume_equals_uninterrupted(reference, tmp_path):
     assert load_checkpoint(tmp_path / "toy" / "checkpoint.pt")["epoch"] == 1
     resumed = _run(tmp_path)
     _same_state(load_checkpoint(resumed["checkpoint"]), load_checkpoint(reference["checkpoint"]))
+
+
+def test_checkpoint_without_kind_still_loads(reference, tmp_path):
+    """Checkpoints written before the shared stack added `kind` are recognised as GAN ones."""
+    ckpt = load_checkpoint(reference["checkpoint"])
+    old = tmp_path / "checkpoint.pt"
+    torch.save({k: v for k, v in ckpt.items() if k != "kind"}, old)
+    G, _ = load_generator(old)
+    assert all(torch.equal(t, ckpt["G_ema"][k]) for k, t in G.state_dict().items())
+
+
+def test_resume_with_changed_training_settings_warns(reference, tmp_path):
+    import shutil
+    shutil.copytree(reference["output_dir"], tmp_path / "toy")
+    with pytest.warns(UserWarning, match="changed training settings") as record:
+        result = _run(tmp_path, lr=3e-4, n_critic=2, sample_every=2)  # done already: resuming is a no-op
+    message = str(next(w.message for w in record if "changed" in str(w.message)))
+    assert "lr: checkpoint 0.0002 vs config 0.0003" in message and "n_critic: checkpoint 1 vs config 2" in message
+    assert "sample_every" not in message  # a free field
+    assert result["step"] == 8
 
 
 def test_resume_with_other_architecture_names_the_field(reference, tmp_path):

@@ -1,4 +1,4 @@
-"""Evaluation, summary tables and figures of the dual-discriminator model (training: `cifar_train`).
+"""Evaluation, summary tables and figures of the dual-discriminator model (training: `cifar.train`).
 
 Shape letters: N images, H, W image size.
 
@@ -6,8 +6,8 @@ Anomaly score: the score parts of `score_images` (L1, top-k patch and latent err
 standardised with the mean/std of the *validation normals* and summed with `score_weights`
 (`combine_scores`). AUROC/AUPRC are computed on these continuous scores; the decision threshold is a
 percentile of the validation normals' scores. The test set is used only for the final report.
-`score_images` and `combine_scores` are defined in `cifar_train` (training logs a validation AUROC
-every epoch) and re-exported here; this module imports `cifar_train`, never the other way round.
+`score_images` and `combine_scores` are defined in `cifar.score` (training logs a validation AUROC
+every epoch) and re-exported here.
 """
 from __future__ import annotations
 
@@ -26,20 +26,11 @@ from sklearn.metrics import average_precision_score
 from ..metrics import classification_at_threshold, image_auroc, threshold_from_normals
 from ..utils import atomic_write_json, atomic_write_text
 from ..viz.figures import plot_image_grid
+from .config import LOSS_NAMES, SCORE_PARTS, CifarConfig, run_files, run_root
 from .data import LabelledImages, list_classes, load_classification, to_float
 from .model import DualReconstructionModel
-from .train import (
-    LOSS_NAMES,
-    SCORE_PARTS,
-    CifarConfig,
-    CifarRun,
-    _select,
-    combine_scores,
-    run_dir,
-    run_root,
-    score_images,
-    train_cifar,
-)
+from .score import combine_scores, score_images, select_parts
+from .train import CifarRun, train_cifar
 
 
 # ----------------------------------------------------------------------------- scoring
@@ -54,6 +45,7 @@ def reconstruct(model: DualReconstructionModel, images: torch.Tensor,
     x_hat = model.generator(model.encode(x)).float()
     model.train(was_training)
     return x.cpu(), x_hat.cpu()
+
 
 # ----------------------------------------------------------------------------- evaluation
 def evaluate_cifar(run: CifarRun) -> Tuple[Dict[str, Any], Dict[str, Dict[str, np.ndarray]]]:
@@ -70,7 +62,7 @@ def evaluate_cifar(run: CifarRun) -> Tuple[Dict[str, Any], Dict[str, Dict[str, n
     for name, images, labels in (("val", split.val_images, split.val_labels),
                                  ("test", split.test_images, split.test_labels)):
         scores[name] = {"labels": labels.numpy(), **score_images(model, images, cfg, run.device)}
-    reference = _select(scores["val"], scores["val"]["labels"] == 0)
+    reference = select_parts(scores["val"], scores["val"]["labels"] == 0)
     for s in scores.values():
         s["score"] = combine_scores(s, reference, cfg.score_weights)
     test = scores["test"]
@@ -97,7 +89,7 @@ def evaluate_cifar(run: CifarRun) -> Tuple[Dict[str, Any], Dict[str, Dict[str, n
 
 def save_metrics(metrics: Dict[str, Any], cfg: CifarConfig) -> Path:
     """Write `run_dir(cfg)/metrics.json` atomically; returns its path."""
-    return atomic_write_json(metrics, run_dir(cfg) / "metrics.json")
+    return atomic_write_json(metrics, run_files(cfg).metrics)
 
 
 def run_cifar(cfg: CifarConfig, data: Optional[Tuple[LabelledImages, LabelledImages]] = None

@@ -15,6 +15,10 @@ run. After a crash, resuming restarts the epoch from the last checkpoint (same r
 
 Launch under torchrun (WORLD_SIZE > 1) for DistributedDataParallel: `batch_size` is per process,
 only rank 0 writes files, and the history is complete on rank 0.
+
+The optimiser step, EMA, DDP set-up, epoch seeds and checkpoint format are the shared training
+stack's (`gan.stack`), GAN checkpoints `gan.checkpoint`'s, the diversity check `gan.diversity`'s;
+their public names are re-exported here.
 """
 from __future__ import annotations
 
@@ -24,33 +28,24 @@ import json
 import math
 import os
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler
+from torch.optim.swa_utils import AveragedModel
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from ..config import ConfigError, ModelConfig, TrainConfig
 from ..models.transgan import build_models
-from ..utils import (
-    atomic_torch_save,
-    autocast,
-    autocast_dtype,
-    batch_images,
-    resolve_device,
-    seed_everything,
-)
-from ..viz.figures import COLLAPSE_THRESHOLD, plot_history, save_figure, save_image_grid
+from ..runs import RunPaths, run_paths
+from ..utils import autocast, autocast_dtype, batch_images, seed_everything
+from ..viz.figures import plot_history, save_figure, save_image_grid
 from .augment import diff_augment
 from .checkpoint import (
-    CHECKPOINT_NAME,
     CheckpointError,
     check_compatible,
     load_checkpoint,
@@ -60,65 +55,25 @@ from .checkpoint import (
     resume_state,
     write_history,
 )
-from .losses import (
-    d_loss_hinge,
-    d_loss_wgan,
-    drift_penalty,
-    g_loss_hinge,
-    g_loss_wgan,
-    gradient_penalty,
+from .diversity import diversity_ratio, evaluate_diversity, sample_diversity
+from .losses import d_loss_hinge, d_loss_wgan, drift_penalty, g_loss_hinge, g_loss_wgan, gradient_penalty
+from .stack import (
+    all_reduce_sum,
+    build_ema,
+    epoch_loader,
+    epoch_seed,
+    gather_generator_states,
+    grad_scaler,
+    optimizer_step,
+    rank,
+    rank_zero_first,
+    save_checkpoint,
+    setup_distributed,
+    world_size,
+    wrap_ddp,
 )
 
 N_FIXED = 16  # fixed samples (and real images) for the diversity ratio and sample grids
-
-
-# ----------------------------------------------------------------------------- diversity
-def sample_diversity(images: torch.Tensor) -> float:
-    """Mean pairwise L2 distance between the flattened images (B, C, H, W); 0 for B < 2."""
-    flat = images.detach().float().flatten(1).cpu()  # (B, C*H*W)
-    return float(torch.pdist(flat).mean()) if flat.shape[0] >= 2 else 0.0
-
-
-def diversity_ratio(fake: torch.Tensor, real: torch.Tensor) -> float:
-    """sample_diversity(fake) / sample_diversity(real): ~1 healthy, ~0 collapsed (all samples
-    alike); NaN when the real images have no diversity to compare with."""
-    ref = sample_diversity(real)
-    return sample_diversity(fake) / ref if ref > 0 else float("nan")
-
-
-def evaluate_diversity(generator: nn.Module, fixed_z: torch.Tensor, real: torch.Tensor,
-                       epoch: Optional[int] = None, warn: bool = True) -> Dict[str, Any]:
-    """Generate from `fixed_z` (K, L); return {"diversity" (ratio to `real` (K', C, H, W)),
-    "collapse_warning" (ratio < 0.1), "samples" (K, C, H, W) on CPU}. With `warn`, a flagged
-    collapse also raises a RuntimeWarning."""
-    device = next(generator.parameters()).device
-    with torch.no_grad():
-        samples = generator(fixed_z.to(device)).float().cpu()
-    ratio = diversity_ratio(samples, real)
-    collapsed = bool(ratio < COLLAPSE_THRESHOLD)
-    if collapsed and warn:
-        where = f"epoch {epoch}: " if epoch is not None else ""
-        warnings.warn(f"{where}sample diversity ratio {ratio:.3f} < {COLLAPSE_THRESHOLD}: the "
-                      "generator may have collapsed (its samples are nearly identical). Try a "
-                      "lower lr, more n_critic, or DiffAugment.", RuntimeWarning, stacklevel=2)
-    return {"diversity": ratio, "collapse_warning": collapsed, "samples": samples}
-
-
-def ema_warmup_multi_avg_fn(decay: float):
-    """EMA update with a warm-up: the decay used after t updates is min(decay, (1 + t) / (10 + t)),
-    so a short run's EMA follows G instead of staying at G's (near-constant) initial weights."""
-    @torch.no_grad()
-    def fn(ema_params, params, num_averaged):
-        t = float(num_averaged)
-        torch._foreach_lerp_(ema_params, params, 1.0 - min(decay, (1.0 + t) / (10.0 + t)))
-    return fn
-
-
-def build_ema(G: nn.Module, decay: float, warmup: bool = True) -> AveragedModel:
-    """EMA of G's parameters: the first update copies G, later ones do
-    ema = d * ema + (1 - d) * G with d = decay (warmup=False) or the warm-up decay above."""
-    fn = ema_warmup_multi_avg_fn(decay) if warmup else get_ema_multi_avg_fn(decay)
-    return AveragedModel(G, multi_avg_fn=fn)
 
 
 # ----------------------------------------------------------------------------- state
@@ -151,27 +106,15 @@ class GANState:
         seed_everything(cfg.seed)
         G, D = (m.to(device) for m in build_models(mc))
         amp_dtype = autocast_dtype(device, cfg.amp)
-        fp16 = amp_dtype == torch.float16
         adam = lambda m: torch.optim.Adam(m.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))  # noqa: E731
         fixed_z = torch.randn(N_FIXED, mc.latent_dim, generator=torch.Generator().manual_seed(cfg.seed))
         return cls(cfg=cfg, model_config=mc, device=device, G=G, D=D, ema=build_ema(G, cfg.ema_decay),
-                   opt_G=adam(G), opt_D=adam(D), scaler_G=torch.amp.GradScaler(device.type, enabled=fp16),
-                   scaler_D=torch.amp.GradScaler(device.type, enabled=fp16), amp_dtype=amp_dtype,
+                   opt_G=adam(G), opt_D=adam(D), scaler_G=grad_scaler(device, amp_dtype),
+                   scaler_D=grad_scaler(device, amp_dtype), amp_dtype=amp_dtype,
                    fixed_z=fixed_z, G_train=G, D_train=D)
 
 
 # ----------------------------------------------------------------------------- steps
-def _optimize(loss: torch.Tensor, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-              params, grad_clip: float) -> None:
-    opt.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
-    if grad_clip and grad_clip > 0:
-        scaler.unscale_(opt)
-        nn.utils.clip_grad_norm_(params, grad_clip)
-    scaler.step(opt)
-    scaler.update()
-
-
 def _noise(st: GANState, batch: int, generator: torch.Generator) -> torch.Tensor:
     z = torch.randn(batch, st.model_config.latent_dim, generator=generator)  # (B, L) on CPU
     return z.to(st.device, non_blocking=True)
@@ -195,7 +138,7 @@ def discriminator_step(st: GANState, real: torch.Tensor, generator: torch.Genera
     else:
         gp = torch.zeros((), device=st.device)
         loss = d_loss_hinge(real_logits, fake_logits)
-    _optimize(loss, st.opt_D, st.scaler_D, st.D.parameters(), cfg.grad_clip)
+    optimizer_step(loss, st.opt_D, st.scaler_D, cfg.grad_clip)
     return {"d_loss": loss.detach(), "gp": gp.detach(), "d_real": real_logits.detach().mean(),
             "d_fake": fake_logits.detach().mean()}
 
@@ -209,7 +152,7 @@ def generator_step(st: GANState, batch: int, generator: torch.Generator) -> torc
             fake = st.G_train(_noise(st, batch, generator))  # (B, C, H, W)
             logits = st.D(diff_augment(fake, cfg.diffaug, generator)).float()  # (B,)
         loss = g_loss_wgan(logits) if cfg.loss == "wgan-gp" else g_loss_hinge(logits)
-        _optimize(loss, st.opt_G, st.scaler_G, st.G.parameters(), cfg.grad_clip)
+        optimizer_step(loss, st.opt_G, st.scaler_G, cfg.grad_clip)
     finally:
         st.D.requires_grad_(True)
     st.ema.update_parameters(st.G)
@@ -228,35 +171,10 @@ def train_step(st: GANState, real: torch.Tensor, generator: torch.Generator) -> 
 
 
 # ----------------------------------------------------------------------------- helpers
-def _world_size() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def _rank() -> int:
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-
-
-def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
-    """A well-mixed 63-bit seed for the random draws of (seed, epoch, rank)."""
-    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1, np.uint64)[0] >> 1)
-
-
-
-def _epoch_loader(train_set: Dataset, cfg: TrainConfig, epoch: int, start_batch: int) -> DataLoader:
-    """Batches of epoch `epoch` for this rank, skipping the first `start_batch` (resume)."""
-    sampler = DistributedSampler(train_set, num_replicas=_world_size(), rank=_rank(), shuffle=True,
-                                 seed=cfg.seed, drop_last=True)
-    sampler.set_epoch(epoch)
-    batches = list(BatchSampler(sampler, cfg.batch_size, drop_last=True))[start_batch:]
-    return DataLoader(train_set, batch_sampler=batches, num_workers=cfg.num_workers,
-                      pin_memory=torch.cuda.is_available(),
-                      generator=torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch, 10_000)))
-
-
 def _batches_per_epoch(train_set: Dataset, cfg: TrainConfig) -> int:
-    n = len(train_set) // _world_size() // cfg.batch_size
+    n = len(train_set) // world_size() // cfg.batch_size
     if n < 1:
-        raise ConfigError(f"batch_size {cfg.batch_size} x {_world_size()} process(es) is larger than "
+        raise ConfigError(f"batch_size {cfg.batch_size} x {world_size()} process(es) is larger than "
                           f"the {len(train_set)} training images; lower batch_size")
     return n
 
@@ -290,15 +208,17 @@ def _run_epoch(st: GANState, train_set: Dataset, epoch: int, epoch_state: Option
                bar, max_steps: Optional[int], n_batches: int) -> Dict[str, Any]:
     """Train epoch `epoch` (0-based) from its start or from `epoch_state`. Returns the epoch's
     running sums, or, when `max_steps` stopped it, a resumable epoch_state with "stopped"."""
-    gen = torch.Generator().manual_seed(epoch_seed(st.cfg.seed, epoch, _rank()))
+    gen = torch.Generator().manual_seed(epoch_seed(st.cfg.seed, epoch, rank()))
     sums = {k: torch.zeros((), device=st.device) for k in _SUM_KEYS}
     counts, start, seconds = {"d": 0, "g": 0}, 0, 0.0
     if epoch_state is not None:
-        gen.set_state(epoch_state["rng"][_rank()])
+        gen.set_state(epoch_state["rng"][rank()])
         start, counts, seconds = epoch_state["batch"], dict(epoch_state["counts"]), epoch_state["seconds"]
         sums = {k: torch.tensor(v, device=st.device) for k, v in epoch_state["sums"].items()}
     t0 = time.perf_counter()
-    for i, batch in enumerate(_epoch_loader(train_set, st.cfg, epoch, start), start=start):
+    loader = epoch_loader(train_set, batch_size=st.cfg.batch_size, seed=st.cfg.seed, epoch=epoch,
+                          start_batch=start, num_workers=st.cfg.num_workers)
+    for i, batch in enumerate(loader, start=start):
         stats = train_step(st, batch_images(batch).to(st.device, non_blocking=True), gen)
         for k, v in stats.items():
             sums[k] += v
@@ -309,32 +229,25 @@ def _run_epoch(st: GANState, train_set: Dataset, epoch: int, epoch_state: Option
             bar.set_postfix(epoch=epoch + 1, d_loss=f"{float(stats['d_loss']):.3f}",
                             g_loss=f"{float(sums['g_loss']) / max(counts['g'], 1):.3f}")
         if max_steps is not None and st.step >= max_steps and i + 1 < n_batches:
-            rngs = [None] * _world_size()
-            if _world_size() > 1:
-                dist.all_gather_object(rngs, gen.get_state())
-            else:
-                rngs = [gen.get_state()]
-            return {"stopped": True, "batch": i + 1, "rng": rngs, "counts": counts,
+            return {"stopped": True, "batch": i + 1, "rng": gather_generator_states(gen), "counts": counts,
                     "sums": {k: float(v) for k, v in sums.items()},
                     "seconds": seconds + time.perf_counter() - t0}
     return {"stopped": False, "sums": sums, "counts": counts, "seconds": seconds + time.perf_counter() - t0}
 
 
-def _epoch_row(st: GANState, done: Dict[str, Any], epoch: int, val_set, real_fixed, out_dir: Path,
+def _epoch_row(st: GANState, done: Dict[str, Any], epoch: int, val_set, real_fixed, paths: RunPaths,
                is_last: bool) -> Dict[str, Any]:
     """All ranks: reduce the epoch's sums. Rank 0: history row, samples, plots."""
     cfg, sums, counts = st.cfg, done["sums"], done["counts"]
     packed = torch.stack([sums[k] for k in _SUM_KEYS] + [torch.tensor(float(counts["d"]), device=st.device),
                                                          torch.tensor(float(counts["g"]), device=st.device)])
-    if _world_size() > 1:
-        dist.all_reduce(packed)
-    vals = packed.tolist()
+    vals = all_reduce_sum(packed).tolist()
     n_d, n_g = vals[-2], vals[-1]
     row = {"epoch": epoch + 1, "step": st.step, "g_step": st.g_step}
     for k, v in zip(_SUM_KEYS, vals):
         n = n_g if k == "g_loss" else n_d
         row[k] = v / n if n else float("nan")
-    if _rank() != 0:
+    if rank() != 0:
         return row
     if val_set is not None and len(val_set):
         row["val_d_real"] = _mean_val_logit(st, val_set)
@@ -346,56 +259,37 @@ def _epoch_row(st: GANState, done: Dict[str, Any], epoch: int, val_set, real_fix
     row.update(diversity=div["diversity"], collapse_warning=div["collapse_warning"],
                seconds=done["seconds"], images_per_second=n_d * cfg.batch_size / max(done["seconds"], 1e-9))
     st.history.append(row)
-    write_history(st.history, out_dir)
+    write_history(st.history, paths)
     if (epoch + 1) % cfg.sample_every == 0 or is_last:
-        for name in (f"samples_epoch_{epoch + 1:04d}.png", "samples_latest.png"):
-            save_image_grid(div["samples"], out_dir / name, nrow=int(math.sqrt(N_FIXED)))
-        save_figure(plot_history(st.history), out_dir / "history.png")
+        for path in (paths.samples(epoch + 1), paths.samples()):
+            save_image_grid(div["samples"], path, nrow=int(math.sqrt(N_FIXED)))
+        save_figure(plot_history(st.history), paths.history("png"))
     return row
 
 
 # ----------------------------------------------------------------------------- main entry
-def _setup_distributed(device_name: str):
-    """Initialise torch.distributed when launched by torchrun; returns (device, owns_group)."""
-    device = resolve_device(device_name)
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
-        if dist.is_initialized() and device.type == "cuda":
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        return device, False
-    if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return device, True
-
-
 def _build_datasets(cfg: TrainConfig):
     from ..data.splits import train_val_split  # lazy: tests may pass their own datasets
 
-    def split():
-        return train_val_split(cfg.data_root, cfg.category, cfg.image_size, cfg.val_fraction, cfg.seed)
-    if _world_size() == 1:
-        return split()
     # the demo category is written once, by rank 0, before the other ranks read it
-    sets = split() if _rank() == 0 else None
-    dist.barrier()
-    return sets if sets is not None else split()
+    return rank_zero_first(lambda: train_val_split(cfg.data_root, cfg.category, cfg.image_size,
+                                                   cfg.val_fraction, cfg.seed))
 
 
 def _save(st: GANState, path: Path, epoch_state: Optional[Dict[str, Any]] = None) -> None:
-    if _rank() == 0:
-        atomic_torch_save(make_checkpoint(st, epoch_state, _world_size()), path)
+    if rank() == 0:
+        save_checkpoint(make_checkpoint(st, epoch_state, world_size()), path)
 
 
 def _train_epochs(st: GANState, train_set: Dataset, val_set: Optional[Dataset], real_fixed: torch.Tensor,
-                  out_dir: Path, epoch_state: Optional[dict], max_steps: Optional[int], progress: bool,
+                  paths: RunPaths, epoch_state: Optional[dict], max_steps: Optional[int], progress: bool,
                   callbacks) -> None:
     """Epochs st.epoch .. cfg.epochs-1 (or until max_steps), with rows, files and checkpoints."""
-    cfg, ckpt_path = st.cfg, out_dir / CHECKPOINT_NAME
+    cfg, ckpt_path = st.cfg, paths.checkpoint
     n_batches = _batches_per_epoch(train_set, cfg)
     done_steps = st.epoch * n_batches + (epoch_state or {}).get("batch", 0)
     bar = tqdm(total=cfg.epochs * n_batches, initial=min(done_steps, cfg.epochs * n_batches),
-               disable=not (progress and _rank() == 0), desc=cfg.category, unit="step", dynamic_ncols=True)
+               disable=not (progress and rank() == 0), desc=cfg.category, unit="step", dynamic_ncols=True)
     unsaved = False  # the state changed since the last checkpoint
     try:
         while st.epoch < cfg.epochs and (max_steps is None or st.step < max_steps):
@@ -405,12 +299,12 @@ def _train_epochs(st: GANState, train_set: Dataset, val_set: Optional[Dataset], 
                 _save(st, ckpt_path, done)
                 return
             is_last = st.epoch + 1 == cfg.epochs
-            row = _epoch_row(st, done, st.epoch, val_set, real_fixed, out_dir, is_last)
+            row = _epoch_row(st, done, st.epoch, val_set, real_fixed, paths, is_last)
             st.epoch += 1
             unsaved = not (st.epoch % cfg.checkpoint_every == 0 or is_last)
             if not unsaved:
                 _save(st, ckpt_path)
-            for callback in (callbacks or ()) if _rank() == 0 else ():
+            for callback in (callbacks or ()) if rank() == 0 else ():
                 callback(row)
         if unsaved:  # max_steps stopped at an epoch boundary between checkpoints
             _save(st, ckpt_path)
@@ -439,22 +333,19 @@ def train_gan(cfg: TrainConfig, train_set: Optional[Dataset] = None, val_set: Op
         {"history": per-epoch dicts, "checkpoint": path, "output_dir": path,
          "generator": EMA generator (eval mode), "discriminator": D, "step": int}
     """
-    device, owns_group = _setup_distributed(cfg.device)
+    device, owns_group = setup_distributed(cfg.device)
     try:
         if train_set is None:
             train_set, val_set = _build_datasets(cfg)
         _batches_per_epoch(train_set, cfg)  # fail early on a too small dataset
         real_fixed = _fixed_real(train_set, cfg)
-        out_dir = Path(cfg.output_dir) / cfg.category
-        ckpt_path = out_dir / CHECKPOINT_NAME
+        paths = run_paths(cfg.output_dir, cfg.category)
         st = GANState.create(cfg, device)
-        epoch_state = resume_state(st, ckpt_path, _world_size()) if resume and ckpt_path.exists() else None
-        if _world_size() > 1:
-            ids = [device.index] if device.type == "cuda" else None
-            st.G_train = nn.parallel.DistributedDataParallel(st.G, device_ids=ids)
-            st.D_train = nn.parallel.DistributedDataParallel(st.D, device_ids=ids)
-        _train_epochs(st, train_set, val_set, real_fixed, out_dir, epoch_state, max_steps, progress, callbacks)
-        return {"history": st.history, "checkpoint": str(ckpt_path), "output_dir": str(out_dir),
+        resumable = resume and paths.checkpoint.exists()
+        epoch_state = resume_state(st, paths.checkpoint, world_size()) if resumable else None
+        st.G_train, st.D_train = wrap_ddp(st.G, device), wrap_ddp(st.D, device)
+        _train_epochs(st, train_set, val_set, real_fixed, paths, epoch_state, max_steps, progress, callbacks)
+        return {"history": st.history, "checkpoint": str(paths.checkpoint), "output_dir": str(paths.root),
                 "generator": st.ema.module.eval(), "discriminator": st.D, "step": st.step}
     finally:
         if owns_group:
@@ -464,7 +355,7 @@ def train_gan(cfg: TrainConfig, train_set: Optional[Dataset] = None, val_set: Op
 # ----------------------------------------------------------------------------- CLI
 def build_parser() -> argparse.ArgumentParser:
     """--config cfg.json plus one flag per TrainConfig field (flags override the file)."""
-    p = argparse.ArgumentParser(prog="python -m transgan_lib.train",
+    p = argparse.ArgumentParser(prog="python -m transgan_lib.gan.train",
                                 description="Train TransGAN on the normal images of one category "
                                             "(torchrun --nproc_per_node=N for DDP).")
     p.add_argument("--config", help="JSON file of TrainConfig fields")
