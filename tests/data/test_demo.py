@@ -12,6 +12,8 @@ from transgan_lib.data import demo
 from transgan_lib.data.demo import (
     DEMO_CATEGORY,
     DEMO_DEFECTS,
+    HOLDOUT_CATEGORY,
+    HOLDOUT_DEFECTS,
     ensure_demo_data,
     prepare_data,
 )
@@ -75,19 +77,33 @@ def test_default_demo_mean_intensity_does_not_separate(default_demo):
     assert max(auroc, 1 - auroc) <= 0.7
 
 
+@pytest.mark.parametrize("category", [DEMO_CATEGORY, HOLDOUT_CATEGORY])
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_defects_are_visible_inside_mask_only(seed):
+def test_defects_are_visible_inside_mask_only(seed, category):
     # Same generator state -> same background and lighting, so the difference is the defect alone.
-    good, good_mask = demo.make_demo_image(np.random.default_rng(seed), 64, "good")
+    good, good_mask = demo.make_demo_image(np.random.default_rng(seed), 64, "good", category)
     assert good_mask.max() == 0
-    for defect in DEMO_DEFECTS:
-        img, mask = demo.make_demo_image(np.random.default_rng(seed), 64, defect)
+    for defect in demo.demo_spec(category).defects:
+        img, mask = demo.make_demo_image(np.random.default_rng(seed), 64, defect, category)
         m = mask > 0
         diff = np.abs(img.astype(np.float32) - good.astype(np.float32)).mean(-1)  # (H, W)
-        assert m.any() and diff[m].mean() > 12, (defect, diff[m].mean())
+        assert 0.005 < m.mean() < 0.12, (defect, m.mean())
+        assert diff[m].mean() > 8, (defect, diff[m].mean())
         assert diff[~m].mean() < 2, (defect, diff[~m].mean())
-    with pytest.raises(ValueError, match="unknown demo defect"):
-        demo.make_demo_image(np.random.default_rng(0), 64, "dent")
+    with pytest.raises(ValueError, match=f"unknown {category} defect"):
+        demo.make_demo_image(np.random.default_rng(0), 64, "dent", category)
+
+
+def test_holdout_category_is_another_surface_with_other_defects(tmp_path):
+    """The held-out demo is built like the demo, from another photo, with none of its defect kinds."""
+    assert not set(HOLDOUT_DEFECTS) & set(DEMO_DEFECTS)
+    cat = prepare_data(tmp_path, HOLDOUT_CATEGORY, **SMALL)
+    test = MVTecAD(data_root=tmp_path, category=HOLDOUT_CATEGORY, split="test", image_size=32)
+    assert test.defect_types == sorted(HOLDOUT_DEFECTS) and len(test) == 2 + 2 * 3
+    with Image.open(cat / "train" / "good" / "000.png") as img:
+        rgb = np.asarray(img, dtype=np.float32)
+    assert rgb[..., 1].mean() > rgb[..., 0].mean() + 10  # green, not the demo's terracotta
+    assert tree_bytes(cat) != tree_bytes(ensure_demo_data(tmp_path / "d", **SMALL))
 
 
 def test_build_is_deterministic(tmp_path):

@@ -1,4 +1,5 @@
-"""Embedded demo category "demo" in MVTec AD layout: a DEMO, not a benchmark.
+"""Embedded demo categories in MVTec AD layout: "demo" and the held-out "demo_holdout". DEMOS, not
+benchmarks.
 
 Built deterministically on first use (a few seconds, no download) from real photos bundled in
 scikit-image: `skimage.data.brick()` for the normal surface and `skimage.data.gravel()` for
@@ -18,11 +19,17 @@ Defects (each its own test folder, masks in ground_truth/<defect>/<stem>_mask.pn
 Defects cover roughly 1-8 % of the image and leave the mean intensity almost unchanged.
 Same seed and parameters -> byte-identical files.
 
+"demo_holdout" is built the same way from another bundled CC0 photo, `skimage.data.grass()`, with a
+green tint and three other defect kinds: hole (a dark pit with a lit rim), blur (a region whose
+texture is smoothed away, same mean colour) and fold (a band of the surface shifted against the
+rest). No setting of this repository is ever tuned on it: it is reported beside "demo" to show
+how the demo's settings carry over to a surface nobody looked at.
+
 Shape letters: H, W image height and width (= `size`).
 
 Command line (from the repository root)::
 
-    python -m transgan_lib.demo [data_root]    # builds <data_root>/demo, default data/mvtec_ad
+    python -m transgan_lib.data.demo [data_root] [category]  # builds <data_root>/demo by default
 """
 from __future__ import annotations
 
@@ -34,7 +41,8 @@ import sys
 import tempfile
 import uuid
 from pathlib import Path
-from typing import Tuple
+from dataclasses import dataclass
+from typing import Dict, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -43,14 +51,33 @@ from scipy import ndimage
 from .mvtec import DEMO_CATEGORY_NAME, DatasetError, MVTecAD, PathLike
 
 DEMO_CATEGORY = DEMO_CATEGORY_NAME
+HOLDOUT_CATEGORY = "demo_holdout"  # never tuned on
 DEMO_VERSION = 3
 DEMO_DEFECTS: Tuple[str, ...] = ("patch", "scratch", "stain")
+HOLDOUT_DEFECTS: Tuple[str, ...] = ("blur", "fold", "hole")
+
+
+@dataclass(frozen=True)
+class DemoSpec:
+    """How a demo category is drawn: the texture photo, its window (`crop` px of the 512 px photo,
+    jittered by `jitter` px), the RGB tint, and the defect kinds (one test folder each)."""
+    texture: str
+    crop: int
+    jitter: float
+    tint: Tuple[float, float, float]
+    defects: Tuple[str, ...]
+
+
+DEMO_SPECS: Dict[str, DemoSpec] = {
+    DEMO_CATEGORY: DemoSpec("brick", 128, 4.0, (1.10, 0.86, 0.70), DEMO_DEFECTS),  # terracotta
+    HOLDOUT_CATEGORY: DemoSpec("grass", 160, 4.0, (0.80, 1.08, 0.72), HOLDOUT_DEFECTS),  # green
+}
+DEMO_CATEGORIES: Tuple[str, ...] = tuple(DEMO_SPECS)
 MARKER = ".demo_complete"
 
-_CROP = 128  # px of the 512 px photo per image: a few large bricks, visible even at 32 px
-_JITTER = 4.0  # px of the photo: the surface is aligned, as an inspected part is in its fixture
+# "demo": 128 px of the 512 px photo per image (a few large bricks, visible even at 32 px), jittered
+# by 4 px (the surface is aligned, as an inspected part is in its fixture).
 _REF_MEAN, _REF_STD = 120.0, 28.0  # grey level statistics of the normalised texture
-_TINT = np.array([1.10, 0.86, 0.70], dtype=np.float32)  # terracotta
 # Colour direction with zero channel sum and zero luminance (teal: less red, more green/blue).
 _STAIN_DIR = np.cross([1.0, 1.0, 1.0], [0.299, 0.587, 0.114])
 _STAIN_DIR = (_STAIN_DIR / np.linalg.norm(_STAIN_DIR)).astype(np.float32)
@@ -67,7 +94,7 @@ def _texture(name: str) -> np.ndarray:
 
 
 def _crop(texture: np.ndarray, rng: np.random.Generator, size: int, jitter: float,
-          crop: int = _CROP) -> np.ndarray:
+          crop: int) -> np.ndarray:
     """A `crop` px window of `texture` near its centre (random sub-pixel offset), as (size, size)."""
     h, w = texture.shape
     x0 = (w - crop) / 2 + rng.uniform(-jitter, jitter)
@@ -122,7 +149,7 @@ def _add_patch(grey: np.ndarray, rng: np.random.Generator) -> Tuple[np.ndarray, 
     size = grey.shape[0]
     mask = _blob(rng, size, rng.uniform(0.09, 0.14) * size)
     # Gravel at twice the brick's magnification: stones stay visible at 64 px.
-    gravel = _crop(_texture("gravel"), rng, size, jitter=150, crop=_CROP // 2)
+    gravel = _crop(_texture("gravel"), rng, size, jitter=150, crop=DEMO_SPECS[DEMO_CATEGORY].crop // 2)
     local_mean = grey[mask].mean()
     patch = (gravel - gravel[mask].mean()) * 1.5 + local_mean  # stronger texture, same mean
     out = np.where(mask, patch, grey)
@@ -140,20 +167,55 @@ def _add_stain(rgb: np.ndarray, rng: np.random.Generator) -> Tuple[np.ndarray, n
     return rgb + alpha[..., None] * shift, alpha >= 0.5
 
 
+def _add_hole(grey: np.ndarray, rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
+    """A dark pit with a lit rim on one side (light from the upper left); returns (grey, mask)."""
+    size = grey.shape[0]
+    mask = _blob(rng, size, rng.uniform(0.06, 0.10) * size)
+    depth = ndimage.gaussian_filter(mask.astype(np.float32), 0.01 * size + 0.5)  # (H, W) soft pit
+    rim = np.clip(ndimage.shift(depth, (1.5, 1.5), order=1) - depth, 0, 1)  # lit lower-right edge
+    out = grey - rng.uniform(55, 75) * depth + rng.uniform(35, 50) * rim
+    return out, mask | (rim > 0.25)
+
+
+def _add_blur(grey: np.ndarray, rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
+    """A region whose texture is smoothed away (worn or molten surface), same local mean."""
+    size = grey.shape[0]
+    mask = _blob(rng, size, rng.uniform(0.10, 0.14) * size)
+    smooth = ndimage.gaussian_filter(grey, 0.03 * size)
+    return np.where(mask, smooth - smooth[mask].mean() + grey[mask].mean(), grey), mask
+
+
+def _add_fold(grey: np.ndarray, rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
+    """A straight band across the image where the surface is shifted against the rest."""
+    size = grey.shape[0]
+    angle = rng.uniform(0, np.pi)
+    normal = np.array([np.cos(angle), np.sin(angle)])  # (y, x) direction across the band
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    offset = (yy - size / 2) * normal[0] + (xx - size / 2) * normal[1] - rng.uniform(-0.2, 0.2) * size
+    mask = np.abs(offset) < rng.uniform(0.03, 0.05) * size
+    shifted = ndimage.shift(grey, rng.uniform(0.08, 0.12) * size * normal[::-1], order=1, mode="reflect")
+    return np.where(mask, shifted, grey), mask
+
+
+GREY_DEFECTS = {"scratch": _add_scratch, "patch": _add_patch, "hole": _add_hole, "blur": _add_blur,
+                "fold": _add_fold}  # drawn on the grey texture; "stain" on the tinted colour image
+
+
 # ----------------------------------------------------------------------------- images
-def make_demo_image(rng: np.random.Generator, size: int, defect: str = "good") -> Tuple[np.ndarray, np.ndarray]:
-    """One demo image (H, W, 3) uint8 and its mask (H, W) uint8 0/255 (all zero for "good")."""
-    if defect not in ("good",) + DEMO_DEFECTS:
-        raise ValueError(f"unknown demo defect {defect!r}; known: good, {', '.join(DEMO_DEFECTS)}")
+def make_demo_image(rng: np.random.Generator, size: int, defect: str = "good",
+                    category: str = DEMO_CATEGORY) -> Tuple[np.ndarray, np.ndarray]:
+    """One image of demo `category` (H, W, 3) uint8 and its mask (H, W) uint8 0/255 (all zero for
+    "good")."""
+    spec = demo_spec(category)
+    if defect not in ("good",) + spec.defects:
+        raise ValueError(f"unknown {category} defect {defect!r}; known: good, {', '.join(spec.defects)}")
     # Background and lighting are drawn first: the same rng state gives the same normal image.
-    grey = _crop(_texture("brick"), rng, size, jitter=_JITTER)
+    grey = _crop(_texture(spec.texture), rng, size, jitter=spec.jitter, crop=spec.crop)
     contrast, brightness = rng.uniform(0.7, 1.3), rng.uniform(-40, 40)
     mask = np.zeros((size, size), dtype=bool)
-    if defect == "scratch":
-        grey, mask = _add_scratch(grey, rng)
-    elif defect == "patch":
-        grey, mask = _add_patch(grey, rng)
-    rgb = grey[..., None] * _TINT  # (H, W, 3)
+    if defect in GREY_DEFECTS:
+        grey, mask = GREY_DEFECTS[defect](grey, rng)
+    rgb = grey[..., None] * np.array(spec.tint, dtype=np.float32)  # (H, W, 3)
     if defect == "stain":
         rgb, mask = _add_stain(rgb, rng)
     # Lighting: per-image contrast and brightness around the reference grey level.
@@ -162,15 +224,23 @@ def make_demo_image(rng: np.random.Generator, size: int, defect: str = "good") -
     return image, mask.astype(np.uint8) * 255
 
 
+def demo_spec(category: str) -> DemoSpec:
+    """The `DemoSpec` of an embedded demo category (ValueError naming the known ones)."""
+    if category not in DEMO_SPECS:
+        raise ValueError(f"{category!r} is not an embedded demo category; known: {list(DEMO_SPECS)}")
+    return DEMO_SPECS[category]
+
+
 def _save_png(array: np.ndarray, path: Path) -> None:
     Image.fromarray(array).save(path, format="PNG", optimize=False)
 
 
 # ----------------------------------------------------------------------------- build
-def _params(n_train: int, n_test_good: int, n_test_per_defect: int, size: int, seed: int) -> dict:
+def _params(n_train: int, n_test_good: int, n_test_per_defect: int, size: int, seed: int,
+            category: str = DEMO_CATEGORY) -> dict:
     return {"version": DEMO_VERSION, "n_train": int(n_train), "n_test_good": int(n_test_good),
             "n_test_per_defect": int(n_test_per_defect), "size": int(size), "seed": int(seed),
-            "defects": list(DEMO_DEFECTS)}
+            "defects": list(demo_spec(category).defects)}
 
 
 def _read_marker(folder: Path):
@@ -184,7 +254,8 @@ def _write_demo(folder: Path, params: dict) -> None:
     """Write every file of the demo category into `folder` (which exists and is empty)."""
     size, seed = params["size"], params["seed"]
     plan = [("train", "good", params["n_train"]), ("test", "good", params["n_test_good"])]
-    plan += [("test", d, params["n_test_per_defect"]) for d in DEMO_DEFECTS]
+    category = next(c for c, s in DEMO_SPECS.items() if list(s.defects) == params["defects"])
+    plan += [("test", d, params["n_test_per_defect"]) for d in params["defects"]]
     for split_id, (split, defect, n) in enumerate(plan):
         (folder / split / defect).mkdir(parents=True)
         if defect != "good":
@@ -192,14 +263,14 @@ def _write_demo(folder: Path, params: dict) -> None:
         for i in range(n):
             # One generator per image: adding images never changes the existing ones.
             rng = np.random.default_rng([seed, split_id, i])
-            image, mask = make_demo_image(rng, size, defect)
+            image, mask = make_demo_image(rng, size, defect, category)
             _save_png(image, folder / split / defect / f"{i:03d}.png")
             if defect != "good":
                 _save_png(mask, folder / "ground_truth" / defect / f"{i:03d}_mask.png")
     (folder / "README.txt").write_text(
         "Demo category built by transgan_lib.demo: a DEMO, not a benchmark.\n"
-        "Source photos: skimage.data.brick() and skimage.data.gravel() (CC0, bundled in "
-        "scikit-image).\nDefects are synthetic: " + ", ".join(DEMO_DEFECTS) + ".\n")
+        f"Source photo: skimage.data.{DEMO_SPECS[category].texture}() (CC0, bundled in scikit-image; "
+        "gravel pasted by 'patch').\nDefects are synthetic: " + ", ".join(params["defects"]) + ".\n")
     (folder / MARKER).write_text(json.dumps(params, indent=2, sort_keys=True))
 
 
@@ -217,7 +288,7 @@ def ensure_demo_data(data_root: PathLike = "data/mvtec_ad", category: str = DEMO
     if min(n_train, n_test_good, n_test_per_defect) < 1 or size < 16:
         raise ValueError(f"demo needs n_train, n_test_good, n_test_per_defect >= 1 and size >= 16; "
                          f"got {n_train}, {n_test_good}, {n_test_per_defect}, {size}")
-    data_root, params = Path(data_root), _params(n_train, n_test_good, n_test_per_defect, size, seed)
+    data_root, params = Path(data_root), _params(n_train, n_test_good, n_test_per_defect, size, seed, category)
     target = data_root / category
     if _read_marker(target) == params:
         return target
@@ -251,7 +322,7 @@ def prepare_data(data_root: PathLike, category: str, **demo_kwargs) -> Path:
     for any other category, check the folder by constructing the MVTecAD train split, which
     raises DatasetError with the fix when the data are missing or mis-laid.
     """
-    if category == DEMO_CATEGORY:
+    if category in DEMO_CATEGORIES:
         marker = _read_marker(Path(data_root) / category)
         if not demo_kwargs and marker is not None and marker.get("version") == DEMO_VERSION:
             return Path(data_root) / category  # keep a complete build of this version, whatever its size
@@ -263,7 +334,7 @@ def prepare_data(data_root: PathLike, category: str, **demo_kwargs) -> Path:
 
 def main(argv=None) -> None:
     args = sys.argv[1:] if argv is None else argv
-    root = ensure_demo_data(args[0] if args else "data/mvtec_ad")
+    root = ensure_demo_data(args[0] if args else "data/mvtec_ad", args[1] if len(args) > 1 else DEMO_CATEGORY)
     print(f"demo category ready (a demo, not a benchmark): {root}")
 
 

@@ -1,5 +1,5 @@
 """Opening a category's splits: the one place where the embedded demo category is built on first
-use (only for `category == "demo"`); every other category is read as it is, with `DatasetError`
+use (only for the embedded "demo" and "demo_holdout" categories); every other category is read as it is, with `DatasetError`
 naming the fix when it is missing or mis-laid."""
 from __future__ import annotations
 
@@ -8,13 +8,13 @@ from typing import Tuple
 from torch.utils.data import Subset
 
 from ..utils import PathLike
-from .demo import DEMO_CATEGORY, prepare_data
+from .demo import DEMO_CATEGORIES, prepare_data
 from .mvtec import MVTecAD, split_train_val
 
 
 def open_split(data_root: PathLike, category: str, split: str, image_size: int) -> MVTecAD:
-    """The `split` ("train"/"test") of `<data_root>/<category>`; builds the demo category first."""
-    if category == DEMO_CATEGORY:
+    """The `split` ("train"/"test") of `<data_root>/<category>`; builds a demo category first."""
+    if category in DEMO_CATEGORIES:
         prepare_data(data_root, category)
     return MVTecAD(data_root=data_root, category=category, split=split, image_size=image_size)
 
