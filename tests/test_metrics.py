@@ -245,3 +245,17 @@ def test_compute_metrics_single_class_stays_nan():
 def test_roc_points():
     fpr, tpr = roc_points([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8])
     assert fpr[0] == 0 and tpr[-1] == 1 and trapezoid(tpr, fpr) == pytest.approx(0.75)
+
+
+def test_summarize_seeds_mean_and_sample_std():
+    from transgan_lib.metrics import summarize_seeds
+    runs = [{"image_auroc": 0.9, "pixel_auroc": 0.8, "aupro": 0.5, "image_f1_max": 0.7,
+             "baselines": {"patch_nn": {"image_auroc": 0.95, "pixel_auroc": 0.9, "aupro": 0.6, "image_f1_max": 0.9}}},
+            {"image_auroc": 0.7, "pixel_auroc": 0.8, "aupro": 0.3, "image_f1_max": 0.5,
+             "baselines": {"patch_nn": {"image_auroc": 0.97, "pixel_auroc": 0.9, "aupro": 0.6, "image_f1_max": 0.9}}}]
+    s = summarize_seeds(runs)
+    assert s["n_seeds"] == 2
+    assert s["image_auroc"]["mean"] == pytest.approx(0.8) and s["image_auroc"]["std"] == pytest.approx(0.1414213, abs=1e-6)
+    assert s["pixel_auroc"]["std"] == 0.0 and s["aupro"]["min"] == 0.3 and s["aupro"]["max"] == 0.5
+    assert s["baselines"]["patch_nn"]["image_auroc"]["mean"] == pytest.approx(0.96)
+    assert summarize_seeds(runs[:1])["image_auroc"]["std"] == 0.0

@@ -300,6 +300,31 @@ def compute_metrics(
     return result
 
 
+SEED_SUMMARY_KEYS = ("image_auroc", "pixel_auroc", "aupro", "image_f1_max")
+
+
+def summarize_seeds(runs: Sequence[Dict[str, Any]], keys: Sequence[str] = SEED_SUMMARY_KEYS) -> Dict[str, Any]:
+    """Mean and spread of metrics over runs that differ only by their seed.
+
+    Args:
+        runs: one metrics dict per seed (metrics.json), each with `keys` and optionally
+            "baselines" {name: {key: value}}.
+    Returns:
+        {"n_seeds", key: {"mean", "std" (sample std, ddof=1; 0 for one run), "min", "max",
+         "values"}, ..., "baselines": {name: {key: {...}}}}.
+    """
+    def stats(values):
+        v = np.asarray([np.nan if x is None else float(x) for x in values], dtype=np.float64)
+        return {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if v.size > 1 else 0.0,
+                "min": float(np.min(v)), "max": float(np.max(v)), "values": v.tolist()}
+
+    out: Dict[str, Any] = {"n_seeds": len(runs)}
+    out.update({k: stats([r.get(k) for r in runs]) for k in keys})
+    names = sorted(set.intersection(*(set(r.get("baselines") or {}) for r in runs))) if runs else []
+    out["baselines"] = {n: {k: stats([r["baselines"][n].get(k) for r in runs]) for k in keys} for n in names}
+    return out
+
+
 def roc_points(labels: Any, scores: Any) -> Tuple[np.ndarray, np.ndarray]:
     """(fpr, tpr) arrays of the image-level ROC curve, for plots."""
     y, s = _labels_scores(labels, scores)
