@@ -138,6 +138,11 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     amp: str = "auto"  # "auto" (bf16 on CUDA if supported, else fp16), "bf16", "fp16", "off"
+    # Reproducibility: `deterministic` makes CUDA use deterministic kernels (CPU runs already repeat
+    # exactly); `threads` > 0 pins torch's CPU threads, since the thread count changes float rounding
+    # (README, "Reproducibility"). 0 keeps torch's default (the number of cores).
+    deterministic: bool = False
+    threads: int = 0
     sample_every: int = 1  # epochs between sample grids / plots
     checkpoint_every: int = 1  # epochs between checkpoints
     num_workers: int = 0
@@ -145,7 +150,7 @@ class TrainConfig:
     # Fields that may change between a checkpoint and the run resuming it without a warning (`model`:
     # the architecture is checked on its own). A class attribute, not a field: it has no annotation.
     RESUME_FREE = ("epochs", "device", "num_workers", "sample_every", "checkpoint_every", "data_root",
-                   "output_dir", "amp", "model")
+                   "output_dir", "amp", "model", "deterministic")
 
     def __post_init__(self):
         if self.loss not in ("wgan-gp", "hinge"):

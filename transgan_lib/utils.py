@@ -45,6 +45,19 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def set_determinism(deterministic: bool = False, threads: int = 0) -> None:
+    """Make a run repeat exactly: `threads` > 0 pins torch's intra-op CPU threads (a different
+    thread count splits reductions differently, so the same seed diverges between machines with
+    different core counts); `deterministic` also selects deterministic CUDA kernels (cuBLAS
+    workspace config, no cuDNN autotuning), which torch needs for repeatable GPU runs."""
+    if threads > 0:
+        torch.set_num_threads(threads)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.benchmark = False
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
 def autocast_dtype(device: torch.device, amp: str = "auto"):
     """The autocast dtype for `amp` on `device`, or None for full precision.
 

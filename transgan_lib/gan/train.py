@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 from ..config import ConfigError, ModelConfig, TrainConfig
 from ..models.transgan import build_models
 from ..runs import RunPaths, run_paths
-from ..utils import autocast, autocast_dtype, batch_images, seed_everything
+from ..utils import autocast, autocast_dtype, batch_images, seed_everything, set_determinism
 from ..viz.figures import plot_history, save_figure, save_image_grid
 from .augment import diff_augment
 from .checkpoint import (
@@ -333,6 +333,7 @@ def train_gan(cfg: TrainConfig, train_set: Optional[Dataset] = None, val_set: Op
         {"history": per-epoch dicts, "checkpoint": path, "output_dir": path,
          "generator": EMA generator (eval mode), "discriminator": D, "step": int}
     """
+    set_determinism(cfg.deterministic, cfg.threads)
     device, owns_group = setup_distributed(cfg.device)
     try:
         if train_set is None:
