@@ -40,6 +40,7 @@ import os
 import statistics
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
@@ -52,6 +53,7 @@ from transgan_lib.detection.encoder_training import train_encoder
 from transgan_lib.detection.mapping import (
     MappingResult,
     encode_images,
+    image_keys,
     latent_init,
     map_to_latent,
 )
@@ -143,7 +145,7 @@ def pick_test_images(test: Dict[str, Any], n: Optional[int]) -> Dict[str, Any]:
 def aurocs(images: torch.Tensor, reconstructions: torch.Tensor, test: Dict[str, Any],
            kind: str) -> Tuple[float, float]:
     """(image AUROC, pixel AUROC) of the smoothed `kind` map of x and G(z*), and its max."""
-    s = score_maps(images, {"reconstructions": reconstructions, "total_score": None}, map_kind=kind)
+    s = score_maps(images, SimpleNamespace(reconstructions=reconstructions, total_score=None), map_kind=kind)
     return image_auroc(test["labels"], s["score"]), pixel_auroc(test["masks"], s["map"])
 
 
@@ -180,7 +182,7 @@ def measure_search(G, D, test, args, device) -> Tuple[Dict[str, Any], Dict[str, 
     the images both mapped: at step 0 (same initial codes, forward pass only: rounding level) and
     after the search (Adam can amplify rounding differences along the way)."""
     images = test["images"]
-    z0 = latent_init(images.shape[0], G.latent_dim, seed=0)  # what map_to_latent draws by default
+    z0 = latent_init(image_keys(images), G.latent_dim, seed=0)  # what map_to_latent draws by default
     results, seconds = interleaved_search(G, D, images, z0, args, device)
     cat = lambda kind, key: torch.cat([getattr(r, key) for r in results[kind]])  # noqa: E731
     n_loop = len(results["loop"])
@@ -204,8 +206,8 @@ def compare_maps(D, reconstructions: torch.Tensor, test: Dict[str, Any], device)
     out = {kind: aurocs(images, reconstructions, test, kind) for kind in MAP_KINDS}
     with torch.no_grad():
         f_x, f_rec = (D(t.to(device), return_features=True)[1].float().cpu() for t in (images, reconstructions))
-    part = {"reconstructions": reconstructions, "total_score": None, "features_x": f_x, "features_rec": f_rec,
-            "feature_grid": tuple(D.feature_grid)}
+    part = SimpleNamespace(reconstructions=reconstructions, total_score=None, features_x=f_x, features_rec=f_rec,
+                           feature_grid=tuple(D.feature_grid))  # what score_maps reads of a MappingResult
     fmap = score_maps(images, part)["feature_map"]  # the pipeline's feature map, smoothed alike
     out["feature (D tokens)"] = (image_auroc(test["labels"], max_score(fmap)), pixel_auroc(test["masks"], fmap))
     return out

@@ -52,3 +52,38 @@ class LinearTanhGenerator(nn.Module):
 def linear_tanh_generator():
     """The known-answer generator class (see LinearTanhGenerator)."""
     return LinearTanhGenerator
+
+
+@pytest.fixture(scope="session")
+def copy_run():
+    """copy_run(cfg, folder) -> a TrainConfig like `cfg` whose output_dir is `folder`, holding a
+    copy of cfg's checkpoint.pt (and with files=(...), of those other run files): a run the test may
+    change without touching the shared one."""
+    import dataclasses
+    import shutil
+
+    from transgan_lib.runs import run_paths
+
+    def copy(cfg, folder, files=("checkpoint.pt",)):
+        new = dataclasses.replace(cfg, output_dir=str(folder))
+        src, dst = run_paths(cfg.output_dir, cfg.category).root, run_paths(new.output_dir, new.category).root
+        dst.mkdir(parents=True, exist_ok=True)
+        for name in files:
+            shutil.copy(src / name, dst / name)  # a plain copy: new path and modification time
+        return new
+    return copy
+
+
+@pytest.fixture(scope="session")
+def evaluated_run(trained_run, copy_run, tmp_path_factory):
+    """(TrainConfig, MappingConfig) of a copy of `trained_run` mapped (iterative, 5 steps from the
+    best of 4 prior codes, lambda_ 0.3, one CutPaste copy per normal) and evaluated without
+    baselines: metrics.json and mapping_iterative.pt beside its checkpoint. Read-only for tests."""
+    from transgan_lib.config import MappingConfig
+    from transgan_lib.detection.pipeline import evaluate, run_mapping
+    cfg = copy_run(trained_run, tmp_path_factory.mktemp("evaluated"))
+    config = MappingConfig(iterations=5, candidates=4, lambda_=0.3, batch_size=8, synthetic_copies=1)
+    run_mapping(config, data_root=cfg.data_root, category=cfg.category, output_dir=cfg.output_dir, device="cpu",
+                progress=False)
+    evaluate(data_root=cfg.data_root, category=cfg.category, output_dir=cfg.output_dir, baselines=False)
+    return cfg, config

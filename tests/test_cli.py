@@ -1,5 +1,6 @@
 import csv
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -49,24 +50,36 @@ def test_demo_job_runs_the_three_notebooks_on_the_demo_category():
         assert set(params) <= names, (name, set(params) - names)
 
 
-def test_score_reuses_the_evaluated_runs_search_settings(tmp_path):
-    """Scores are only comparable with the saved threshold when searched the same way."""
-    import argparse
-    import json
+def _score(cfg, folder, out, *flags):
+    main(["score", "--checkpoint", f"{cfg.output_dir}/{cfg.category}/checkpoint.pt", "--images", str(folder),
+          "--out", str(out), "--device", "cpu", *flags])
+    return {Path(r["path"]).name: r for r in csv.DictReader(open(out / "scores.csv"))}
 
-    from transgan_lib.cli import _evaluated_run, _map_settings, _mapping_settings
-    ckpt = tmp_path / "checkpoint.pt"
-    (tmp_path / "metrics.json").write_text(json.dumps({"method": "iterative", "iterations": 50,
-                                                       "restarts": 2, "candidates": 64,
-                                                       "map_kind": "shift_residual", "sigma": 2.0}))
-    flags = argparse.Namespace(method="iterative", map_kind=None, sigma=None)
-    assert _map_settings(flags, _evaluated_run(flags, ckpt)) == {"map_kind": "shift_residual", "sigma": 2.0}
-    flags.map_kind, flags.sigma = "ssim", 1.0  # flags given win
-    assert _map_settings(flags, _evaluated_run(flags, ckpt)) == {"map_kind": "ssim", "sigma": 1.0}
-    assert _map_settings(argparse.Namespace(map_kind=None, sigma=None), {}) == {"map_kind": "residual", "sigma": 4.0}
-    args = argparse.Namespace(method="iterative", iterations=None, restarts=None, candidates=None)
-    assert _mapping_settings(args, _evaluated_run(args, ckpt)) == {"iterations": 50, "restarts": 2, "candidates": 64}
-    args.candidates = 0  # a flag given wins
-    assert _mapping_settings(args, _evaluated_run(args, ckpt))["candidates"] == 0
-    other = argparse.Namespace(method="hybrid", iterations=None, restarts=None, candidates=None)
-    assert _mapping_settings(other, _evaluated_run(other, ckpt)) == {"iterations": None, "restarts": 1, "candidates": 0}
+
+def test_an_images_score_does_not_depend_on_the_rest_of_the_folder(evaluated_run, demo_root, tmp_path):
+    """Initial codes are keyed by the image's content, not by its place in the folder."""
+    cfg, _ = evaluated_run
+    sources = sorted((demo_root / "demo" / "test").rglob("*.png"))
+    alone, many = tmp_path / "alone", tmp_path / "many"
+    alone.mkdir(), many.mkdir()
+    shutil.copy(sources[4], alone / "m.png")
+    for name, src in (("a.png", sources[0]), ("b.png", sources[9]), ("m.png", sources[4]), ("z.png", sources[12])):
+        shutil.copy(src, many / name)  # m.png is the third of four here, the only one alone
+    one = _score(cfg, alone, tmp_path / "out1")["m.png"]
+    four = _score(cfg, many, tmp_path / "out4")
+    assert list(four)[2] == "m.png"
+    # measured: equal to 2e-7 (float rounding of batched CPU matmuls)
+    assert float(one["score"]) == pytest.approx(float(four["m.png"]["score"]), abs=1e-5)
+    assert float(one["anogan_score"]) == pytest.approx(float(four["m.png"]["anogan_score"]), abs=1e-5)
+    assert one["threshold"] == four["m.png"]["threshold"] != ""  # the evaluated run's
+
+
+def test_score_takes_lambda_and_feature_from_the_evaluated_run(evaluated_run, demo_root, tmp_path):
+    cfg, config = evaluated_run  # mapped with lambda_ 0.3 (the flag's old default was 0.1)
+    folder = tmp_path / "new"
+    folder.mkdir()
+    shutil.copy(next((demo_root / "demo" / "test" / "patch").glob("*.png")), folder / "x.png")
+    row = _score(cfg, folder, tmp_path / "out")["x.png"]
+    residual, feature = float(row["residual_score"]), float(row["feature_score"])
+    assert feature > 0  # the discriminator feature term of the mapping
+    assert float(row["anogan_score"]) == pytest.approx((1 - config.lambda_) * residual + config.lambda_ * feature)

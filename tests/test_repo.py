@@ -111,3 +111,17 @@ def test_every_imported_package_is_declared():
     declared = set(re.findall(r'^\s*"([A-Za-z0-9_.-]+)', text.split("dependencies = [")[1].split("]")[0], re.M))
     missing = sorted(m for m in third_party if DISTRIBUTIONS.get(m, m) not in declared)
     assert not missing, f"imported but not declared in pyproject.toml: {missing}"
+
+
+def test_readme_layout_table_matches_the_tree():
+    """Every module of transgan_lib is listed in the README's Layout table under its folder, and
+    every module listed there exists."""
+    section = (ROOT / "README.md").read_text().split("## Layout", 1)[1].split("\n## ", 1)[0]
+    listed = set()
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.split("|")[1:-1]]
+        if len(cells) >= 2 and cells[0].startswith("`transgan_lib/"):
+            folder = cells[0].strip("`")
+            listed |= {folder + name for name in re.findall(r"`([\w]+\.py)`", cells[1])}
+    tree = {str(p.relative_to(ROOT)) for p in (ROOT / "transgan_lib").rglob("*.py") if p.name != "__init__.py"}
+    assert listed == tree, f"README lists but missing: {sorted(listed - tree)}; not listed: {sorted(tree - listed)}"

@@ -169,3 +169,77 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "TrainConfig":
         return dataclass_from_dict(cls, d)
+
+
+# Names shared by the mapping settings and the detection code (`detection.mapping`, `detection.maps`).
+MAPPING_METHODS = ("iterative", "encoder", "hybrid")
+FEATURE_KINDS = ("discriminator", "perceptual", "none")
+MAP_KINDS = ("residual", "shift_residual", "ssim", "msgms")
+
+
+@dataclass
+class MappingConfig:
+    """Latent mapping and scoring of one category (notebooks 03 and 04, `python -m transgan_lib score`).
+
+    Saved inside the mapping file `mapping_<method>.pt` and in metrics.json ("mapping_config"), and
+    read back from there by evaluation and scoring, so new images are scored exactly as the
+    evaluated ones were.
+    """
+    method: str = "iterative"  # one of MAPPING_METHODS
+    iterations: Optional[int] = 1000  # as given; `detection.mapping.resolve_iterations` gives the steps run
+    lambda_: float = 0.1  # weight of the feature term of the mapping loss
+    feature: str = "discriminator"  # one of FEATURE_KINDS
+    restarts: int = 1  # initial codes per image, the best kept
+    candidates: int = 0  # prior codes screened per image (0: off)
+    batch_size: int = 32  # images searched at once (changes nothing but rounding)
+    seed: int = 0  # base of the per-image initial codes and of the CutPaste copies
+    lr: float = 0.01  # Adam step size on z
+    synthetic_copies: int = 3  # CutPaste copies of each validation normal (map-kind choice)
+    map_kind: str = "auto"  # "auto" (chosen on validation normals and their copies) or one of MAP_KINDS
+    sigma: float = 4.0  # Gaussian smoothing of the map, pixels
+    threshold_q: float = 99.0  # decision threshold: this percentile of validation-normal scores
+
+    def __post_init__(self):
+        for name, value, allowed in (("method", self.method, MAPPING_METHODS),
+                                     ("feature", self.feature, FEATURE_KINDS),
+                                     ("map_kind", self.map_kind, ("auto",) + MAP_KINDS)):
+            if value not in allowed:
+                raise ConfigError(f"MappingConfig.{name} must be one of {allowed}, got {value!r}")
+        if self.method == "encoder" and self.restarts != 1:
+            raise ConfigError("method='encoder' has a single code per image; restarts must be 1")
+        if (self.iterations is not None and self.iterations < 0) or self.restarts < 1 or self.candidates < 0 \
+                or self.batch_size < 1 or self.synthetic_copies < 0 or self.sigma < 0:
+            raise ConfigError(f"need iterations >= 0, restarts >= 1, candidates >= 0, batch_size >= 1, "
+                              f"synthetic_copies >= 0, sigma >= 0; got {self}")
+        if not 0 < self.threshold_q <= 100:
+            raise ConfigError(f"threshold_q is a percentile in (0, 100], got {self.threshold_q}")
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "MappingConfig":
+        return dataclass_from_dict(cls, d)
+
+
+@dataclass
+class EncoderConfig:
+    """Training of the f-AnoGAN encoder (`detection.encoder_training.train_encoder`); saved in
+    encoder.pt, which is reused only for the same settings and GAN checkpoint."""
+    epochs: int = 50
+    batch_size: int = 32
+    lr: float = 1e-4
+    kappa: float = 1.0  # weight of the discriminator-feature MSE
+    seed: int = 0
+    model_size: str = "tiny"
+
+    def __post_init__(self):
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ConfigError(f"need epochs >= 1 and batch_size >= 1, got {self.epochs}, {self.batch_size}")
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "EncoderConfig":
+        return dataclass_from_dict(cls, d)

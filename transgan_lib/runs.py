@@ -12,11 +12,14 @@ Users' scripts read these names, so they are an interface: add, never rename.
         samples_epoch_<NNNN>.png, samples_latest.png
         data_summary.json, train_summary.json
         notebooks/<notebook>.ipynb       executed notebooks (the demo job)
+    <output_dir>/seeds/<k>/<category>/   the same, seed k of `demo --seeds N`;
+    <output_dir>/seeds/<category>_summary.json   mean ± std over those seeds
     <output_dir>/cifar/<anomaly_class>/  CIFAR runs (`cifar_one_class_normal/` for the inverse protocol)
         checkpoint.pt, metrics.json;     <output_dir>/cifar/summary.csv for all classes
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,6 +80,17 @@ def run_paths(output_dir: PathLike, category: str) -> RunPaths:
     return RunPaths(Path(output_dir), category)
 
 
+def seed_output_dir(output_dir: PathLike, seed: int) -> Path:
+    """`<output_dir>/seeds/<seed>`: the output_dir of one seed of a multi-seed job (its run folders
+    `<category>/` lie inside)."""
+    return Path(output_dir) / "seeds" / str(seed)
+
+
+def seed_summary_path(output_dir: PathLike, category: str) -> Path:
+    """`<output_dir>/seeds/<category>_summary.json`: mean ± std over the seeds of a multi-seed job."""
+    return Path(output_dir) / "seeds" / f"{category}_summary.json"
+
+
 def cifar_root(output_dir: PathLike, protocol: str = "one_vs_rest_anomaly") -> Path:
     """`<output_dir>/cifar` (the inverse protocol: `<output_dir>/cifar_one_class_normal`)."""
     return Path(output_dir) / ("cifar" if protocol == "one_vs_rest_anomaly" else f"cifar_{protocol}")
@@ -85,3 +99,33 @@ def cifar_root(output_dir: PathLike, protocol: str = "one_vs_rest_anomaly") -> P
 def cifar_run_dir(output_dir: PathLike, protocol: str, anomaly_class) -> Path:
     """`cifar_root/<anomaly_class>`: checkpoint.pt and metrics.json of one class."""
     return cifar_root(output_dir, protocol) / str(anomaly_class)
+
+
+FINGERPRINT_CHUNK = 1 << 20  # bytes hashed at each end of a file
+
+
+def file_fingerprint(path: PathLike) -> str:
+    """A cheap content fingerprint of a run file: sha256 over its size and its first and last MiB.
+
+    It survives copying and renaming, and changes when the content does: a torch checkpoint is a
+    zip whose central directory, at the end, holds the CRC32 of every entry, so a retrained
+    checkpoint differs in its last MiB even when its size is the same. Reads at most 2 MiB of a
+    multi-GB file. Returns "sha256:<hex>"; FileNotFoundError when the file is missing.
+    """
+    path = Path(path)
+    size = path.stat().st_size
+    digest = hashlib.sha256(str(size).encode())
+    with path.open("rb") as f:
+        digest.update(f.read(FINGERPRINT_CHUNK))
+        if size > FINGERPRINT_CHUNK:
+            f.seek(max(size - FINGERPRINT_CHUNK, FINGERPRINT_CHUNK))
+            digest.update(f.read())
+    return f"sha256:{digest.hexdigest()}"
+
+
+def run_paths_of(checkpoint_or_run_dir: PathLike) -> RunPaths:
+    """The run folder of a checkpoint path (`<output_dir>/<category>/checkpoint.pt`) or of the
+    folder itself."""
+    path = Path(checkpoint_or_run_dir)
+    root = path if path.is_dir() else path.parent
+    return RunPaths(root.parent, root.name)

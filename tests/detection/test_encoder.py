@@ -3,10 +3,12 @@ the encoder / hybrid methods of transgan_lib.mapping.map_images."""
 import pytest
 import torch
 
-from transgan_lib.config import ConfigError, ModelConfig
+from transgan_lib.config import ConfigError, EncoderConfig, ModelConfig
 from transgan_lib.detection.encoder_training import (
     encoder_checkpoint_path,
+    ensure_encoder,
     load_encoder,
+    reuse_problem,
     save_encoder,
     train_encoder,
 )
@@ -81,6 +83,39 @@ def test_encoder_checkpoint_round_trip(trained, normals):
     torch.testing.assert_close(E2(normals[:4]), E(normals[:4]))
     assert meta["history"] == history and meta["gan_checkpoint"] == "runs/demo/last.pt"
     assert meta["encoder_config"] == E.config() and not E2.training
+
+
+def test_encoder_file_records_its_settings_and_epochs_done(trained):
+    _, _, path = trained
+    meta = load_encoder(path)[1]
+    asked = EncoderConfig(epochs=6, batch_size=8, lr=3e-3, seed=0, model_size="tiny")
+    assert meta["settings"] == asked.to_dict() and meta["epochs_done"] == 6
+    assert reuse_problem(meta, "runs/demo/last.pt", asked) is None
+    assert "another GAN checkpoint" in reuse_problem(meta, "runs/demo/other.pt", asked)
+    assert "other settings" in reuse_problem(meta, "runs/demo/last.pt", EncoderConfig(epochs=6, batch_size=8, lr=1e-4))
+    assert "completed 6 of the 8" in reuse_problem({**meta, "settings": {**meta["settings"], "epochs": 8}},
+                                                   "runs/demo/last.pt", EncoderConfig(**{**asked.to_dict(), "epochs": 8}))
+
+
+def test_an_encoder_trained_for_fewer_epochs_than_asked_is_not_reused(models, normals, tmp_path, capsys):
+    G, D = models
+    path, asked = tmp_path / "encoder.pt", EncoderConfig(epochs=2, batch_size=8, lr=3e-3)
+    kw = dict(path=path, gan_fingerprint="sha256:gan", val_images=normals[40:], progress=False)
+    # 1. asked 2 epochs, the file records 1 done of those 2 (an interrupted training): retrained
+    E1, _ = train_encoder(G, D, normals[:16], epochs=1, batch_size=8, lr=3e-3, progress=False)
+    save_encoder(E1, path, history={"epoch": [1]}, gan_checkpoint="sha256:gan", settings=asked)
+    ensure_encoder(G, D, normals[:16], settings=asked, **kw)
+    assert load_encoder(path)[1]["epochs_done"] == 2 and "completed 1 of the 2 epochs" in capsys.readouterr().out
+    # 2. now complete for these settings: reused as it is
+    stamp = path.stat().st_mtime_ns
+    ensure_encoder(G, D, normals[:16], settings=asked, **kw)
+    assert path.stat().st_mtime_ns == stamp and capsys.readouterr().out == ""
+    # 3. more epochs asked than it was trained for: retrained with them
+    ensure_encoder(G, D, normals[:16], settings=EncoderConfig(**{**asked.to_dict(), "epochs": 3}), **kw)
+    assert load_encoder(path)[1]["epochs_done"] == 3 and "other settings" in capsys.readouterr().out
+    # 4. the same epochs with another learning rate: retrained too
+    ensure_encoder(G, D, normals[:16], settings=EncoderConfig(epochs=3, batch_size=8, lr=1e-3), **kw)
+    assert load_encoder(path)[1]["settings"]["lr"] == 1e-3
 
 
 def test_load_encoder_errors_name_the_problem(tmp_path):

@@ -9,6 +9,7 @@ from transgan_lib.detection import maps
 from transgan_lib.detection.mapping import (
     MappingResult,
     PerceptualWeightsError,
+    image_keys,
     latent_init,
     load_perceptual_net,
     map_to_latent,
@@ -33,11 +34,24 @@ def targets(gan):
         return (G(torch.randn(5, LATENT, generator=g)) + 0.05 * torch.randn(5, 3, SIZE, SIZE, generator=g)).clamp(-1, 1)
 
 
-def test_latent_init_does_not_depend_on_batching():
-    full = latent_init(5, LATENT, seed=3)
-    torch.testing.assert_close(latent_init(2, LATENT, seed=3, start_index=3), full[3:])
-    assert not torch.allclose(latent_init(5, LATENT, seed=3, restart=1), full)
-    assert not torch.allclose(latent_init(5, LATENT, seed=4), full)
+def test_latent_init_is_drawn_per_image_key():
+    keys = [11, 22, 33, 2 ** 62 + 5, 7]
+    full = latent_init(keys, LATENT, seed=3)
+    torch.testing.assert_close(latent_init(keys[3:], LATENT, seed=3), full[3:])  # batching changes nothing
+    torch.testing.assert_close(latent_init([keys[4], keys[1]], LATENT, seed=3), full[[4, 1]])  # nor the others
+    assert not torch.allclose(latent_init(keys, LATENT, seed=3, restart=1), full)
+    assert not torch.allclose(latent_init(keys, LATENT, seed=4), full)
+    assert not torch.allclose(full[0], full[1])
+
+
+def test_image_keys_follow_the_content(targets):
+    keys = image_keys(targets)
+    assert len(set(keys)) == 5 and all(0 <= k < 2 ** 63 for k in keys)
+    assert image_keys(targets[[3, 0]]) == [keys[3], keys[0]]  # neither position nor neighbours count
+    assert image_keys(targets.clone().double()) == keys  # the fp32 values, whatever the dtype
+    changed = targets[:1].clone()
+    changed[0, 0, 0, 0] += 0.01
+    assert image_keys(changed) != keys[:1]
 
 
 def test_batched_mapping_equals_one_image_at_a_time(gan, targets):
@@ -49,11 +63,10 @@ def test_batched_mapping_equals_one_image_at_a_time(gan, targets):
         torch.testing.assert_close(batched.z, other.z, atol=1e-4, rtol=0)
         torch.testing.assert_close(batched.total_score, other.total_score, atol=1e-5, rtol=0)
         assert torch.equal(batched.best_restart, other.best_restart)
-    # a separate call on image 3 alone, started from the code the batch gave it
-    kw.update(restarts=1)
-    batched = map_to_latent(G, D, targets, batch_size=5, **kw)
-    alone = map_to_latent(G, D, targets[3:4], z_init=latent_init(5, LATENT, seed=7)[3:4], **kw)
+    # a separate call on image 3 alone: its initial codes are keyed by its content, not its position
+    alone = map_to_latent(G, D, targets[3:4], **kw)
     torch.testing.assert_close(alone.z, batched.z[3:4], atol=1e-4, rtol=0)
+    torch.testing.assert_close(alone.total_score, batched.total_score[3:4], atol=1e-5, rtol=0)
     assert not torch.allclose(batched.z[3], batched.z[2])
 
 
@@ -99,7 +112,8 @@ def test_restarts_keep_the_best_restart_per_image(gan, targets):
     G, D = gan
     kw = dict(iterations=10, lr=0.05, seed=2, progress=False)
     multi = map_to_latent(G, D, targets, restarts=3, **kw)
-    each = [map_to_latent(G, D, targets, z_init=latent_init(5, LATENT, seed=2, restart=k), **kw) for k in range(3)]
+    keys = image_keys(targets)
+    each = [map_to_latent(G, D, targets, z_init=latent_init(keys, LATENT, seed=2, restart=k), **kw) for k in range(3)]
     scores = torch.stack([r.total_score for r in each])  # (K, B)
     best = scores.argmin(0)
     assert torch.equal(multi.best_restart, best)
@@ -113,7 +127,8 @@ def test_candidates_start_from_the_best_prior_draws(gan, targets):
     G, D = gan
     kw = dict(iterations=0, seed=4, progress=False)
     n = 12
-    draws = [map_to_latent(G, D, targets, z_init=latent_init(5, LATENT, seed=4, restart=k), **kw) for k in range(n)]
+    keys = image_keys(targets)
+    draws = [map_to_latent(G, D, targets, z_init=latent_init(keys, LATENT, seed=4, restart=k), **kw) for k in range(n)]
     scores = torch.stack([r.total_score for r in draws])  # (n, B): the loss of every candidate
     screened = map_to_latent(G, D, targets, candidates=n, **kw)
     torch.testing.assert_close(screened.total_score, scores.min(0).values, atol=1e-5, rtol=0)

@@ -40,8 +40,8 @@ import shutil
 import sys
 import tempfile
 import uuid
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Dict, Tuple
 
 import numpy as np

@@ -17,9 +17,8 @@ dataset is constructed, so a user learns about it before training.
 from __future__ import annotations
 
 import difflib
-import os
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch

@@ -13,7 +13,8 @@ Three methods (`map_images`):
   own loss, and Adam works element-wise, so a batch gives the same z* as mapping each image alone
   (up to floating-point rounding, which a long search can amplify: measured up to 0.09 in score
   after 1000 steps on CPU, 3e-8 at the start).
-  Initial codes are drawn per (seed, image index, restart), so batching never changes them.
+  Initial codes are drawn per (seed, image content, restart) (`image_keys`, `latent_init`), so
+  neither batching nor the other images mapped with it change an image's codes, hence its score.
   With `candidates=N` the restarts start from the best of N prior draws per image, screened by
   the same loss with forward passes only: the landscape has poor local minima (on the demo data a
   search from a random code kept the wrong lighting: validation residual 0.120 after 200 steps,
@@ -26,90 +27,30 @@ kept in the result, so residual heatmaps (`transgan_lib.maps`) match the scores.
 """
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterator, List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
-import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..config import FEATURE_KINDS, MAPPING_METHODS, MappingConfig  # noqa: F401 (FEATURE_KINDS re-exported)
 from ..models.perceptual import PerceptualWeightsError, load_perceptual_net  # noqa: F401 (re-exported)
 from ..utils import autocast, autocast_dtype
+from .latent import (  # noqa: F401 (re-exported: the search's building blocks)
+    FeatureFn,
+    frozen,
+    image_keys,
+    latent_init,
+    make_feature_fn,
+    per_image_loss,
+)
 
-FEATURE_KINDS = ("discriminator", "perceptual", "none")
-METHODS = ("iterative", "encoder", "hybrid")
+METHODS = MAPPING_METHODS
 DEFAULT_ITERATIONS = 1000  # iterative search from the prior
 HYBRID_DIVISOR = 10  # hybrid default: DEFAULT_ITERATIONS // HYBRID_DIVISOR from the encoder's code
 DEFAULT_LR = 0.01
-
-FeatureFn = Callable[[torch.Tensor], torch.Tensor]  # (B, C, H, W) -> (B, N, F)
-
-
-# ----------------------------------------------------------------------------- building blocks
-@contextlib.contextmanager
-def frozen(*modules: Optional[nn.Module]) -> Iterator[None]:
-    """Eval mode and requires_grad=False for the modules' parameters; both restored on exit."""
-    modules = [m for m in modules if m is not None]
-    saved = [(m, m.training, [(p, p.requires_grad) for p in m.parameters()]) for m in modules]
-    try:
-        for m in modules:
-            m.eval()
-            m.requires_grad_(False)
-        yield
-    finally:
-        for m, training, grads in saved:
-            m.train(training)
-            for p, flag in grads:
-                p.requires_grad_(flag)
-
-
-def latent_init(num_images: int, latent_dim: int, *, seed: int = 0, restart: int = 0,
-                start_index: int = 0) -> torch.Tensor:
-    """Prior draws z ~ N(0, I), one generator per (seed, global image index, restart).
-
-    Returns (num_images, Z) on CPU; row i belongs to image `start_index + i`, so the code of an
-    image does not depend on how the images are batched.
-    """
-    rows = []
-    for index in range(start_index, start_index + num_images):
-        state = np.random.SeedSequence([seed, index, restart]).generate_state(2, dtype=np.uint32)
-        g = torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
-        rows.append(torch.randn(latent_dim, generator=g))
-    return torch.stack(rows) if rows else torch.zeros(0, latent_dim)
-
-
-def make_feature_fn(D: Optional[nn.Module], feature: str,
-                    perceptual_net: Optional[nn.Module] = None) -> Tuple[Optional[FeatureFn], List[nn.Module]]:
-    """The feature function f: images (B, C, H, W) -> tokens (B, N, F), and the modules to freeze.
-
-    "discriminator": D's final patch tokens (`D(x, return_features=True)`, no augmentation);
-    "perceptual": `perceptual_net` (or `load_perceptual_net()`) maps flattened to tokens;
-    "none": no feature term (returns None).
-    """
-    if feature == "discriminator":
-        if D is None:
-            raise ValueError("feature='discriminator' needs the discriminator D; pass D or use feature='none'")
-        return (lambda x: D(x, return_features=True)[1]), [D]
-    if feature == "perceptual":
-        net = perceptual_net if perceptual_net is not None else load_perceptual_net()
-        return (lambda x: net(x).flatten(2).transpose(1, 2)), [net]  # (B, F, h, w) -> (B, h*w, F)
-    if feature == "none":
-        return None, []
-    raise ValueError(f"unknown feature {feature!r}; choose one of {FEATURE_KINDS}")
-
-
-def per_image_loss(x: torch.Tensor, x_hat: torch.Tensor, f_x: Optional[torch.Tensor],
-                   f_hat: Optional[torch.Tensor], lambda_: float):
-    """(loss, residual, feature) each (B,): loss = (1 - lambda_) * residual + lambda_ * feature,
-    residual = mean |x - x_hat| per image, feature = mean |f_x - f_hat| per image (0 without f)."""
-    residual = (x.float() - x_hat.float()).abs().flatten(1).mean(1)
-    if f_x is None:
-        return residual, residual, torch.zeros_like(residual)
-    feat = (f_x.float() - f_hat.float()).abs().flatten(1).mean(1)
-    return (1.0 - lambda_) * residual + lambda_ * feat, residual, feat
 
 
 # ----------------------------------------------------------------------------- results
@@ -208,22 +149,22 @@ def _screen(G, feature_fn, x, draws, *, keep, lambda_, amp_dtype):
     return [stacked[order[k], cols] for k in range(keep)]
 
 
-def _map_batch(G, feature_fn, x, *, start_index, z_init, restarts, seed, bar, candidates=0, **search):
-    """Search and score one batch of images x (b, C, H, W).
+def _map_batch(G, feature_fn, x, *, keys, z_init, restarts, seed, bar, candidates=0, **search):
+    """Search and score one batch of images x (b, C, H, W) with keys (b ints) and z_init (b, Z) or None.
 
     Returns (kept, steps): kept maps names to the kept restart's tensors on CPU, b rows each
     ("history" is (R, b)); steps are the iterations at which the history was recorded.
     """
     b, device = x.shape[0], x.device
     # 1. initial codes, laid out restart-major: row k * b + i is restart k of image i. The prior
-    # restarts are draws k = 0.. of each image (`latent_init`, so batching changes nothing), or
-    # with `candidates` the best of that many draws (screened).
+    # restarts are draws k = 0.. of each image (`latent_init`, keyed by the image), or with
+    # `candidates` the best of that many draws (screened).
     n_prior = restarts - (z_init is not None)
-    draws = [latent_init(b, G.latent_dim, seed=seed, restart=k, start_index=start_index)
+    draws = [latent_init(keys, G.latent_dim, seed=seed, restart=k)
              for k in range(max(n_prior, candidates) if n_prior else 0)]
     prior = draws if len(draws) == n_prior else _screen(
         G, feature_fn, x, draws, keep=n_prior, lambda_=search["lambda_"], amp_dtype=search["amp_dtype"])
-    inits = prior if z_init is None else [z_init[start_index:start_index + b].detach().float().cpu()] + prior
+    inits = prior if z_init is None else [z_init.detach().float().cpu()] + prior
     z0 = torch.cat(inits).to(device)  # (K*b, Z)
     xk = x.repeat(restarts, 1, 1, 1)  # (K*b, C, H, W)
     # 2. search, 3. fp32 evaluation of the final codes
@@ -255,13 +196,45 @@ def _feature_grid(feature: str, D: Optional[nn.Module], modules: List[nn.Module]
     return None
 
 
+def _check_arguments(G, images, z_init, keys, *, restarts, batch_size, record_every, iterations, candidates):
+    if images.dim() != 4:
+        raise ValueError(f"images must be (B, C, H, W), got shape {tuple(images.shape)}")
+    if restarts < 1 or batch_size < 1 or record_every < 1 or iterations < 0 or candidates < 0:
+        raise ValueError(f"need restarts >= 1, batch_size >= 1, record_every >= 1, iterations >= 0, "
+                         f"candidates >= 0; got {restarts}, {batch_size}, {record_every}, {iterations}, "
+                         f"{candidates}")
+    n = images.shape[0]
+    if z_init is not None and tuple(z_init.shape) != (n, G.latent_dim):
+        raise ValueError(f"z_init must have shape ({n}, {G.latent_dim}), got {tuple(z_init.shape)}")
+    if keys is not None and len(keys) != n:
+        raise ValueError(f"keys must hold one key per image ({n}), got {len(keys)}")
+
+
+def _map_batches(G, feature_fn, images, keys, z_init, *, batch_size, progress, method, **batch_kw):
+    """`_map_batch` over consecutive chunks of `batch_size` images (device: G's); returns
+    (list of kept dicts, recorded steps)."""
+    n, device = images.shape[0], _device_of(G)
+    parts, steps = [], []
+    total = -(-n // batch_size) * max(batch_kw["iterations"], 1)
+    with tqdm(total=total, desc=f"mapping ({method})", disable=not progress, unit="step") as bar:
+        for lo in range(0, n, batch_size):
+            x = images[lo:lo + batch_size].to(device=device, dtype=torch.float32)
+            kept, steps = _map_batch(G, feature_fn, x, keys=keys[lo:lo + batch_size], bar=bar,
+                                     z_init=None if z_init is None else z_init[lo:lo + batch_size], **batch_kw)
+            parts.append(kept)
+            if batch_kw["iterations"] == 0:
+                bar.update(1)
+    return parts, steps
+
+
 def map_to_latent(G: nn.Module, D: Optional[nn.Module], images: torch.Tensor, *,
                   iterations: int = DEFAULT_ITERATIONS, lambda_: float = 0.1, lr: float = DEFAULT_LR,
                   restarts: int = 1, candidates: int = 0, z_init: Optional[torch.Tensor] = None,
                   feature: str = "discriminator",
                   perceptual_net: Optional[nn.Module] = None, batch_size: int = 32, seed: int = 0,
                   progress: bool = True, record_every: int = 10, amp: str = "off",
-                  keep_features: bool = True, method: str = "iterative") -> MappingResult:
+                  keep_features: bool = True, method: str = "iterative",
+                  keys: Optional[Sequence[int]] = None) -> MappingResult:
     """Iterative latent mapping (AnoGAN) of many images, each with its own code.
 
     Args:
@@ -279,7 +252,7 @@ def map_to_latent(G: nn.Module, D: Optional[nn.Module], images: torch.Tensor, *,
             The search's loss landscape has many poor local minima (e.g. the wrong lighting),
             so a good start matters more than more iterations.
         z_init: optional (B, Z) codes for restart 0 (e.g. an encoder's); other restarts and the
-            default draw from N(0, I) via `latent_init(seed=seed, restart=k)`.
+            default draw from N(0, I) via `latent_init(keys, seed=seed, restart=k)`.
         feature, perceptual_net: the feature term, see `make_feature_fn`; a perceptual_net is
             moved to G's device.
         seed: base of the per-image initial draws; record_every: loss history stride.
@@ -287,40 +260,27 @@ def map_to_latent(G: nn.Module, D: Optional[nn.Module], images: torch.Tensor, *,
             reconstructions are always recomputed in fp32.
         keep_features: return the (B, N, F) tokens of x and G(z*).
         method: label stored in the result ("encoder"/"hybrid" when called by `map_images`).
+        keys: one int per image for its initial draws; default `image_keys(images)` (its content).
     Returns:
         MappingResult (tensors on CPU).
     """
-    if images.dim() != 4:
-        raise ValueError(f"images must be (B, C, H, W), got shape {tuple(images.shape)}")
-    if restarts < 1 or batch_size < 1 or record_every < 1 or iterations < 0 or candidates < 0:
-        raise ValueError(f"need restarts >= 1, batch_size >= 1, record_every >= 1, iterations >= 0, "
-                         f"candidates >= 0; got {restarts}, {batch_size}, {record_every}, {iterations}, "
-                         f"{candidates}")
-    n = images.shape[0]
-    if z_init is not None and tuple(z_init.shape) != (n, G.latent_dim):
-        raise ValueError(f"z_init must have shape ({n}, {G.latent_dim}), got {tuple(z_init.shape)}")
+    _check_arguments(G, images, z_init, keys, restarts=restarts, batch_size=batch_size, record_every=record_every,
+                     iterations=iterations, candidates=candidates)
+    keys = image_keys(images) if keys is None else [int(k) for k in keys]
     feature_fn, modules = make_feature_fn(D, feature, perceptual_net)
     device = _device_of(G)
     if feature == "perceptual":
         modules[0].to(device)  # in place, like any nn.Module.to
-    search = dict(iterations=iterations, lambda_=lambda_, lr=lr, record_every=record_every,
-                  amp_dtype=autocast_dtype(device, amp))
-    parts, steps = [], []
     start = time.perf_counter()
-    total = -(-n // batch_size) * max(iterations, 1)
-    with frozen(G, *modules), tqdm(total=total, desc=f"mapping ({method})", disable=not progress,
-                                   unit="step") as bar:
-        for lo in range(0, n, batch_size):
-            x = images[lo:lo + batch_size].to(device=device, dtype=torch.float32)
-            kept, steps = _map_batch(G, feature_fn, x, start_index=lo, z_init=z_init, restarts=restarts,
-                                     candidates=candidates, seed=seed, bar=bar, **search)
-            parts.append(kept)
-            if iterations == 0:
-                bar.update(1)
+    with frozen(G, *modules):
+        parts, steps = _map_batches(G, feature_fn, images, keys, z_init, batch_size=batch_size, progress=progress,
+                                    method=method, restarts=restarts, candidates=candidates, seed=seed,
+                                    iterations=iterations, lambda_=lambda_, lr=lr, record_every=record_every,
+                                    amp_dtype=autocast_dtype(device, amp))
         grid = _feature_grid(feature, D, modules, images[:1].to(device=device, dtype=torch.float32))
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    seconds = (time.perf_counter() - start) / max(n, 1)
+    seconds = (time.perf_counter() - start) / max(images.shape[0], 1)
 
     def cat(key: str, dim: int = 0) -> Optional[torch.Tensor]:
         return torch.cat([p[key] for p in parts], dim=dim) if parts and parts[0][key] is not None else None
@@ -392,3 +352,15 @@ def map_images(G: nn.Module, D: Optional[nn.Module], images: torch.Tensor, *, me
     result = map_to_latent(G, D, images, iterations=n_iter, lambda_=lambda_, z_init=z_init, method=method, **kwargs)
     result.seconds_per_image += encode_seconds
     return result
+
+
+def map_with_config(G: nn.Module, D: Optional[nn.Module], images: torch.Tensor, config: MappingConfig, *,
+                    encoder: Optional[nn.Module] = None, progress: bool = True,
+                    perceptual_net: Optional[nn.Module] = None) -> MappingResult:
+    """`map_images` with the search settings of `config` (method, iterations, lambda_, feature,
+    restarts, candidates, batch_size, seed, lr): how `pipeline.run_mapping` maps the validation and
+    test images and `scoring.score_images` new ones. Returns a MappingResult."""
+    return map_images(G, D, images, method=config.method, encoder=encoder, iterations=config.iterations,
+                      lambda_=config.lambda_, lr=config.lr, restarts=config.restarts, candidates=config.candidates,
+                      feature=config.feature, batch_size=config.batch_size, seed=config.seed,
+                      perceptual_net=perceptual_net, progress=progress)

@@ -17,7 +17,7 @@ from typing import Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 
-MAP_KINDS = ("residual", "shift_residual", "ssim", "msgms")
+from ..config import MAP_KINDS
 
 # Image data range of [-1, 1] images, used by SSIM's stabilising constants.
 DATA_RANGE = 2.0

@@ -12,28 +12,33 @@ Protocol (fixed before looking at any test number):
 - the baselines (mean training image, raw-pixel patch nearest neighbour) are scored by the same code
   on the same images.
 
-Files under `<output_dir>/<category>/`: `checkpoint.pt` (GAN, from training), `encoder.pt`,
-`mapping_<method>.pt` (codes, reconstructions, scores of validation and test images),
-`metrics.json`, figures.
+Files under `<output_dir>/<category>/` (names: `runs.run_paths`): `checkpoint.pt` (GAN, from
+training), `encoder.pt`, `mapping_<method>.pt` (a `mapping_file.MappingRun`: the MappingConfig, the
+checkpoint's fingerprint, and the codes, reconstructions and scores of validation and test images),
+`metrics.json`, figures. Each file records the fingerprint of those it was made from, and a file
+made from another checkpoint is refused, never used silently.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 
-from ..config import TrainConfig
+from ..config import EncoderConfig, MappingConfig, TrainConfig
 from ..data.mvtec import stack_dataset
 from ..data.splits import open_split, train_val_split
 from ..data.synthetic import cutpaste
-from ..gan.checkpoint import load_checkpoint, load_models
+from ..gan.checkpoint import load_models
 from ..metrics import compute_metrics, image_auroc, roc_points, threshold_from_normals
-from ..utils import PathLike, atomic_torch_save, atomic_write_json, resolve_device
+from ..runs import RunPaths, file_fingerprint, run_paths
+from ..utils import PathLike, atomic_write_json, resolve_device
 from .baselines import run_baselines
-from .encoder_training import encoder_checkpoint_path, load_encoder, train_encoder
-from .mapping import MappingResult, map_images
+from .encoder_training import ensure_encoder
+from .mapping import MappingResult, map_with_config
+from .mapping_file import MappedImages, MappingRun
 from .maps import (
     MAP_KINDS,
     anomaly_maps,
@@ -42,17 +47,17 @@ from .maps import (
     max_score,
 )
 
-# The map kind used when `map_kind="auto"` has nothing to choose with (a mapping file written
-# before synthetic anomalies were mapped).
+# The map kind used when `map_kind="auto"` has nothing to choose with (no synthetic anomalies were
+# mapped, or scoring without an evaluated run).
 FALLBACK_MAP_KIND = "residual"
 
 
 def category_dir(output_dir: PathLike, category: str) -> Path:
-    return Path(output_dir) / category
+    return run_paths(output_dir, category).root
 
 
 def mapping_path(output_dir: PathLike, category: str, method: str) -> Path:
-    return category_dir(output_dir, category) / f"mapping_{method}.pt"
+    return run_paths(output_dir, category).mapping(method)
 
 
 def load_splits(data_root: PathLike, category: str, train_config) -> Dict[str, Any]:
@@ -63,131 +68,127 @@ def load_splits(data_root: PathLike, category: str, train_config) -> Dict[str, A
     return {"train": stack_dataset(train), "val": stack_dataset(val), "test": stack_dataset(test)}
 
 
-def _gan_fingerprint(checkpoint: Path) -> str:
-    """Identifies one written checkpoint file (path, size, mtime) without loading it (base: GBs)."""
-    st = checkpoint.stat()
-    return f"{checkpoint.resolve()}@{st.st_size}-{st.st_mtime_ns}"
-
-
-def get_encoder(G, D, splits, *, output_dir, category, checkpoint: Path, epochs: int, batch_size: int,
-                device, seed: int = 0, progress: bool = True):
-    """The f-AnoGAN encoder of this GAN: loaded from `encoder.pt` when it was trained against this
-    very checkpoint, else trained now on the training normals (validation normals for its val loss)."""
-    path = encoder_checkpoint_path(output_dir, category)
-    fingerprint = _gan_fingerprint(checkpoint)
-    if path.is_file():
-        E, meta = load_encoder(path, device=str(device))
-        if meta.get("gan_checkpoint") == fingerprint:
-            return E, meta.get("history") or {}
-        print(f"{path} was trained against another GAN checkpoint; training a new encoder")
-    return train_encoder(G, D, splits["train"]["images"], epochs=epochs, batch_size=batch_size, seed=seed,
-                         device=str(device), progress=progress, val_images=splits["val"]["images"],
-                         checkpoint_path=path, gan_checkpoint=fingerprint,
-                         model_size=_encoder_size(G))
-
-
-def _encoder_size(G) -> str:
+def encoder_size(G) -> str:
+    """The encoder preset for a generator: "tiny" under 5M parameters, "small" under 50M, "base"."""
     n = sum(p.numel() for p in G.parameters())
     return "tiny" if n < 5e6 else ("small" if n < 50e6 else "base")
 
 
-def _result_to_dict(r: MappingResult) -> Dict[str, Any]:
-    keep = ("z", "reconstructions", "residual_score", "feature_score", "total_score", "loss_history",
-            "history_steps", "seconds_per_image", "method", "iterations", "lambda_", "feature",
-            "features_x", "features_rec", "feature_grid")
-    return {k: getattr(r, k) for k in keep}
+def get_encoder(G, D, splits, *, output_dir, category, checkpoint: Path, epochs: int, batch_size: int,
+                device, seed: int = 0, progress: bool = True):
+    """The f-AnoGAN encoder of this GAN (`encoder_training.ensure_encoder`): encoder.pt when it was
+    trained against this very checkpoint with these settings for every epoch asked, else trained
+    now on the training normals (validation normals for its val loss). Returns (E, history)."""
+    settings = EncoderConfig(epochs=epochs, batch_size=batch_size, seed=seed, model_size=encoder_size(G))
+    return ensure_encoder(G, D, splits["train"]["images"], path=run_paths(output_dir, category).encoder,
+                          gan_fingerprint=file_fingerprint(checkpoint), settings=settings,
+                          val_images=splits["val"]["images"], device=str(device), progress=progress)
 
 
-def run_mapping(*, data_root: PathLike, category: str, output_dir: PathLike, method: str = "iterative",
-                iterations: Optional[int] = 1000, lambda_: float = 0.1, batch_size: int = 32,
-                device: str = "auto", restarts: int = 1, candidates: int = 0, feature: str = "discriminator",
-                encoder_epochs: int = 50, seed: int = 0, synthetic_copies: int = 3,
-                progress: bool = True) -> Dict[str, Any]:
-    """Map the validation normals and the test images of a category to latent codes.
+def _mapped(result: MappingResult, split: Dict[str, Any]) -> MappedImages:
+    return MappedImages(result=result, labels=split["labels"], defects=list(split["defects"]),
+                        paths=list(split["paths"]))
 
-    Reads `<output_dir>/<category>/checkpoint.pt`; trains the encoder first when `method` needs it
-    and none fits. Also maps `synthetic_copies` CutPaste copies of each validation normal
-    ("val_synthetic", with their images and masks; 0 = none), which `evaluate` uses to choose the
-    map kind. Three copies, because with one the choice between map kinds flipped with the seed of
-    the copies (20 demo normals against 20 copies); with three it did not.
-    Saves everything to `mapping_<method>.pt` and returns that dict (plus the splits).
+
+def _map_synthetic(G, D, val: Dict[str, Any], config: MappingConfig, **kw) -> Optional[MappedImages]:
+    """`config.synthetic_copies` CutPaste copies of each validation normal, mapped (None for 0).
+
+    (B * copies, C, H, W): the copies of one normal are adjacent, so they alternate between a
+    CutPaste rectangle and a scar."""
+    k = config.synthetic_copies
+    if k == 0:
+        return None
+    images, masks = cutpaste(val["images"].repeat_interleave(k, 0), seed=config.seed)
+    return MappedImages(result=map_with_config(G, D, images, config, **kw), labels=torch.ones(len(images)).long(),
+                        defects=["cutpaste"] * len(images), images=images, masks=masks,
+                        paths=[f"{p}#cutpaste{c}" for p in val["paths"] for c in range(k)])
+
+
+def run_mapping(config: MappingConfig, *, data_root: PathLike, category: str, output_dir: PathLike,
+                device: str = "auto", encoder_epochs: int = 50,
+                progress: bool = True) -> Tuple[MappingRun, Dict[str, Any]]:
+    """Map the validation normals and the test images of a category to latent codes with `config`.
+
+    Reads `<output_dir>/<category>/checkpoint.pt`; when `config.method` needs an encoder, uses
+    encoder.pt or trains one first (`get_encoder`: `encoder_epochs`, the config's batch_size and
+    seed). Also maps `config.synthetic_copies` CutPaste copies of each validation normal
+    ("val_synthetic"; 0 = none), which `evaluate` uses to choose the map kind. Three copies by
+    default, because with one the choice between map kinds flipped with the seed of the copies (20
+    demo normals against 20 copies); with three it did not.
+
+    Returns:
+        (the MappingRun saved to `mapping_<method>.pt`, with the checkpoint's (and encoder's)
+        fingerprint; the data splits {"train", "val", "test"}, for figures).
     """
-    dev = resolve_device(device)
-    ckpt_path = category_dir(output_dir, category) / "checkpoint.pt"
-    G, D, model_config, train_config = load_models(ckpt_path, dev)
+    run, dev = run_paths(output_dir, category), resolve_device(device)
+    fingerprints = {"checkpoint": file_fingerprint(run.checkpoint), "encoder": None}
+    G, D, model_config, train_config = load_models(run.checkpoint, dev)
     splits = load_splits(data_root, category, train_config)
     encoder, encoder_history = None, None
-    if method in ("encoder", "hybrid"):
+    if config.method in ("encoder", "hybrid"):
         encoder, encoder_history = get_encoder(G, D, splits, output_dir=output_dir, category=category,
-                                               checkpoint=ckpt_path, epochs=encoder_epochs,
-                                               batch_size=batch_size, device=dev, seed=seed, progress=progress)
-    common = dict(method=method, encoder=encoder, iterations=iterations, lambda_=lambda_, batch_size=batch_size,
-                  restarts=restarts, candidates=candidates, feature=feature, seed=seed, progress=progress)
-    out: Dict[str, Any] = {"method": method, "category": category, "model_config": model_config.to_dict(),
-                           "train_config": train_config.to_dict()}
-    for name in ("val", "test"):
-        result = map_images(G, D, splits[name]["images"], **common)
-        out[name] = {**_result_to_dict(result), **{k: splits[name][k] for k in ("labels", "defects", "paths")}}
-    if synthetic_copies > 0:
-        # (B * copies, C, H, W): the copies of one normal are adjacent, so they alternate between
-        # a CutPaste rectangle and a scar.
-        images, masks = cutpaste(splits["val"]["images"].repeat_interleave(synthetic_copies, 0), seed=seed)
-        out["val_synthetic"] = {**_result_to_dict(map_images(G, D, images, **common)), "images": images,
-                                "masks": masks}
-    out["encoder_history"] = encoder_history
-    out["restarts"], out["candidates"] = restarts, candidates
-    out["seconds_per_image"] = out["test"]["seconds_per_image"]
-    out["iterations"] = out["test"]["iterations"]
-    atomic_torch_save(out, mapping_path(output_dir, category, method))
-    out["splits"] = splits
-    return out
+                                               checkpoint=run.checkpoint, epochs=encoder_epochs,
+                                               batch_size=config.batch_size, device=dev, seed=config.seed,
+                                               progress=progress)
+        fingerprints["encoder"] = file_fingerprint(run.encoder)
+    kw = dict(encoder=encoder, progress=progress)
+    mapping = MappingRun(config=config, fingerprints=fingerprints, category=category,
+                         model_config=model_config.to_dict(), train_config=train_config.to_dict(),
+                         **{name: _mapped(map_with_config(G, D, splits[name]["images"], config, **kw), splits[name])
+                            for name in ("val", "test")},
+                         val_synthetic=_map_synthetic(G, D, splits["val"], config, **kw),
+                         encoder_history=encoder_history)
+    mapping.save(run.mapping(config.method))
+    return mapping, splits
 
 
-def load_mapping(output_dir: PathLike, category: str, method: str) -> Dict[str, Any]:
-    path = mapping_path(output_dir, category, method)
-    if not path.is_file():
-        raise FileNotFoundError(f"no mapping results at {path}: run notebook 03 (run_mapping) with "
-                                f"method={method!r} first")
-    return torch.load(path, map_location="cpu", weights_only=False)
+def load_mapping(output_dir: PathLike, category: str, method: str) -> MappingRun:
+    """The MappingRun of `method` (FileNotFoundError / ConfigError saying to run notebook 03)."""
+    return MappingRun.load(mapping_path(output_dir, category, method), method)
 
 
-def score_maps(images: torch.Tensor, part: Dict[str, Any], *, map_kind: str = "residual",
+def score_maps(images: torch.Tensor, result, *, map_kind: str = "residual",
                sigma: float = 4.0) -> Dict[str, torch.Tensor]:
     """Anomaly maps (B, H, W) and image scores (B,) of mapped images.
 
-    Returns {"map": the `map_kind` map (smoothed), "score": its max, "anogan": (1-λ)R + λD,
-    "feature_map": the discriminator-token residual map (smoothed) when tokens were kept}.
+    Args:
+        images: (B, C, H, W) the mapped images.
+        result: their MappingResult (or any object with its `reconstructions` (B, C, H, W),
+            `total_score` and, optionally, `features_x`, `features_rec`, `feature_grid`).
+    Returns:
+        {"map": the `map_kind` map (smoothed), "score": its max, "anogan": (1-λ)R + λD,
+        "feature_map": the discriminator-token residual map (smoothed) when tokens were kept}.
     """
-    rec = part["reconstructions"]
-    maps = anomaly_maps(images, rec, kind=map_kind, sigma=sigma)
-    out = {"map": maps, "score": max_score(maps), "anogan": part["total_score"]}
-    if part.get("features_x") is not None:
-        fmap = feature_residual_map(part["features_x"], part["features_rec"], part["feature_grid"],
+    maps = anomaly_maps(images, result.reconstructions, kind=map_kind, sigma=sigma)
+    out = {"map": maps, "score": max_score(maps), "anogan": result.total_score}
+    if getattr(result, "features_x", None) is not None:
+        fmap = feature_residual_map(result.features_x, result.features_rec, result.feature_grid,
                                     tuple(images.shape[-2:]))
         out["feature_map"] = gaussian_smooth(fmap, sigma)
     return out
 
 
-def select_map_kind(val_images: torch.Tensor, val: Dict[str, Any], synthetic: Optional[Dict[str, Any]], *,
+def select_map_kind(val_images: torch.Tensor, val, synthetic_images: Optional[torch.Tensor], synthetic, *,
                     sigma: float = 4.0, kinds=MAP_KINDS) -> Dict[str, Any]:
     """The map kind whose image score (max of the smoothed map) best separates the validation
     normals from their CutPaste copies: AUROC on those two sets only, ties to the earlier kind.
 
     Args:
-        val_images, val: the validation normals (B, C, H, W) and their mapping part.
-        synthetic: the "val_synthetic" mapping part (with "images"), or None.
+        val_images, val: the validation normals (B, C, H, W) and their MappingResult.
+        synthetic_images, synthetic: the CutPaste copies (S, C, H, W) and their MappingResult,
+            or None, None.
     Returns:
         {"chosen": kind, "rule": text, "synthetic_auroc": {kind: AUROC}}; without synthetic
         anomalies, FALLBACK_MAP_KIND and an empty table.
     """
     if synthetic is None:
         return {"chosen": FALLBACK_MAP_KIND, "synthetic_auroc": {},
-                "rule": "no synthetic anomalies in the mapping file (rerun notebook 03): default map kind"}
-    labels = torch.cat([torch.zeros(len(val_images)), torch.ones(len(synthetic["images"]))])
+                "rule": "no synthetic anomalies were mapped (synthetic_copies=0): default map kind"}
+    labels = torch.cat([torch.zeros(len(val_images)), torch.ones(len(synthetic_images))])
     table = {}
     for kind in kinds:
-        scores = [max_score(anomaly_maps(images, part["reconstructions"], kind=kind, sigma=sigma))
-                  for images, part in ((val_images, val), (synthetic["images"], synthetic))]
+        scores = [max_score(anomaly_maps(images, result.reconstructions, kind=kind, sigma=sigma))
+                  for images, result in ((val_images, val), (synthetic_images, synthetic))]
         table[kind] = image_auroc(labels, torch.cat(scores))
     chosen = max(kinds, key=lambda k: table[k])  # max keeps the first of equal values
     return {"chosen": chosen, "synthetic_auroc": table,
@@ -212,58 +213,87 @@ def _alternatives(test, val, images, val_images, masks, labels, defects, sigma) 
     return rows
 
 
+def _checked_mapping(run: RunPaths, method: str) -> MappingRun:
+    """The mapping file of `method`, refused (ConfigError) unless made with the checkpoint now there."""
+    mapping = MappingRun.load(run.mapping(method), method)
+    if not run.checkpoint.is_file():
+        raise FileNotFoundError(f"no GAN checkpoint at {run.checkpoint}, the one {run.mapping(method)} was mapped "
+                                "with: cannot check that the mapping belongs to it")
+    mapping.check_checkpoint(file_fingerprint(run.checkpoint), path=run.mapping(method), checkpoint=run.checkpoint)
+    return mapping
+
+
+def _splits_of(mapping: MappingRun, data_root: PathLike, path: Path) -> Dict[str, Any]:
+    """The data splits the mapping was made from, checked against its recorded paths."""
+    splits = load_splits(data_root, mapping.category, TrainConfig.from_dict(mapping.train_config))
+    for name in ("val", "test"):
+        if list(splits[name]["paths"]) != list(getattr(mapping, name).paths):
+            raise ValueError(f"the {name} images under {data_root} are not those {path} mapped (data changed "
+                             f"since?): rerun notebook 03 (pipeline.run_mapping) with method={mapping.method!r}")
+    return splits
+
+
+def _run_record(mapping: MappingRun, config: MappingConfig, run: RunPaths, test_scores) -> Dict[str, Any]:
+    """The keys of metrics.json that say how the scores were made and from which files."""
+    test = mapping.test.result
+    return {
+        "method": config.method, "iterations": int(test.iterations), "lambda_": float(test.lambda_),
+        "feature": test.feature, "restarts": int(test.restarts), "candidates": int(test.candidates),
+        "seconds_per_image": float(test.seconds_per_image), "sigma": config.sigma,
+        "threshold_rule": f"{config.threshold_q:g}th percentile of validation-normal scores",
+        "mapping_config": config.to_dict(),
+        "fingerprints": {**mapping.fingerprints, "mapping": file_fingerprint(run.mapping(config.method))},
+        "test_scores": {"paths": list(mapping.test.paths), "scores": [float(v) for v in test_scores]},
+    }
+
+
 def evaluate(*, data_root: PathLike, category: str, output_dir: PathLike, method: str = "iterative",
-             map_kind: str = "auto", sigma: float = 4.0, threshold_q: float = 99.0,
-             baselines: bool = True, mapping: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+             map_kind: Optional[str] = None, sigma: Optional[float] = None, threshold_q: Optional[float] = None,
+             baselines: bool = True) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     """Metrics of a mapped category, written to `<output_dir>/<category>/metrics.json`.
 
-    `map_kind`: one of `maps.MAP_KINDS`, or "auto" to choose it on validation normals and their
-    CutPaste copies (`select_map_kind`; recorded under "map_selection").
+    The mapping file of `method` must have been made with the checkpoint now at
+    `<output_dir>/<category>/checkpoint.pt` (ConfigError otherwise: rerun notebook 03). Its
+    MappingConfig gives the map and threshold settings; `map_kind`, `sigma`, `threshold_q` given
+    here replace them. `map_kind`: one of `maps.MAP_KINDS`, or "auto" to choose it on validation
+    normals and their CutPaste copies (`select_map_kind`; recorded under "map_selection").
 
-    Returns the metrics dict plus (not saved to JSON) "arrays": maps, scores, images for figures and
-    the explorer widget.
+    Returns:
+        (metrics, as written to metrics.json, with "mapping_config", "fingerprints" and the
+        per-image "test_scores"; arrays: maps, scores, images for figures and the explorer widget).
     """
-    start = time.perf_counter()
-    mapping = mapping or load_mapping(output_dir, category, method)
-    splits = mapping.get("splits")
-    if splits is None:
-        saved = mapping.get("train_config")  # absent in mapping files of older versions
-        if saved is None:
-            saved = load_checkpoint(category_dir(output_dir, category) / "checkpoint.pt")["config"]
-        train_config = TrainConfig.from_dict(saved)
-        splits = load_splits(data_root, category, train_config)
-    test, val = mapping["test"], mapping["val"]
+    start, run = time.perf_counter(), run_paths(output_dir, category)
+    mapping = _checked_mapping(run, method)
+    given = {"map_kind": map_kind, "sigma": sigma, "threshold_q": threshold_q}
+    config = dataclasses.replace(mapping.config, **{k: v for k, v in given.items() if v is not None})
+    splits = _splits_of(mapping, data_root, run.mapping(method))
+    test, val, syn = mapping.test.result, mapping.val.result, mapping.val_synthetic
     images, val_images = splits["test"]["images"], splits["val"]["images"]
     masks, labels, defects = splits["test"]["masks"][:, 0], splits["test"]["labels"], splits["test"]["defects"]
-    selection = select_map_kind(val_images, val, mapping.get("val_synthetic"), sigma=sigma)
-    if map_kind == "auto":
-        map_kind = selection["chosen"]
-    t = score_maps(images, test, map_kind=map_kind, sigma=sigma)
-    v = score_maps(val_images, val, map_kind=map_kind, sigma=sigma)
-    threshold = threshold_from_normals(v["score"], q=threshold_q)
-    metrics = compute_metrics(labels, t["score"], masks, t["map"], defects, threshold)
-    metrics.update({
-        "method": method, "iterations": int(mapping["iterations"]), "lambda_": float(test["lambda_"]),
-        "n_test": len(labels), "n_val": len(val_images), "seconds_per_image": float(mapping["seconds_per_image"]),
-        "restarts": int(mapping.get("restarts", 1)), "candidates": int(mapping.get("candidates", 0)),
-        "map_kind": map_kind, "map_selection": selection, "sigma": sigma, "score_rule": f"max of Gaussian-smoothed {map_kind} map",
-        "threshold_rule": f"{threshold_q:g}th percentile of validation-normal scores",
-        "category": category, "image_size": int(images.shape[-1]),
-    })
-    metrics["alternatives"] = _alternatives(test, val, images, val_images, masks, labels, defects, sigma)
-    arrays = {"images": images, "reconstructions": test["reconstructions"], "maps": t["map"], "scores": t["score"],
-              "masks": masks, "labels": labels, "defects": defects, "paths": test["paths"],
+    selection = select_map_kind(val_images, val, *((syn.images, syn.result) if syn else (None, None)),
+                                sigma=config.sigma)
+    kind = selection["chosen"] if config.map_kind == "auto" else config.map_kind
+    t = score_maps(images, test, map_kind=kind, sigma=config.sigma)
+    v = score_maps(val_images, val, map_kind=kind, sigma=config.sigma)
+    metrics = compute_metrics(labels, t["score"], masks, t["map"], defects,
+                              threshold_from_normals(v["score"], q=config.threshold_q))
+    metrics.update({"n_val": len(val_images), "map_kind": kind, "map_selection": selection, "category": category,
+                    "score_rule": f"max of Gaussian-smoothed {kind} map", "image_size": int(images.shape[-1]),
+                    **_run_record(mapping, config, run, t["score"])})
+    metrics["alternatives"] = _alternatives(test, val, images, val_images, masks, labels, defects, config.sigma)
+    arrays = {"images": images, "reconstructions": test.reconstructions, "maps": t["map"], "scores": t["score"],
+              "masks": masks, "labels": labels, "defects": defects, "paths": mapping.test.paths,
               "val_scores": v["score"], "roc": {"TransGAN": (*roc_points(labels, t["score"]), metrics["image_auroc"])}}
     if baselines:
         # Same map rule as the GAN; thresholds from the validation normals.
         metrics["baselines"], base_scores = run_baselines(
             splits["train"]["images"], images, labels, masks, defects, threshold_images=val_images,
-            kind=map_kind, sigma=sigma, q=threshold_q, return_scores=True)
+            kind=kind, sigma=config.sigma, q=config.threshold_q, return_scores=True)
         for name, scores in base_scores.items():
             arrays["roc"][name] = (*roc_points(labels, scores), metrics["baselines"][name]["image_auroc"])
     metrics["evaluation_seconds"] = time.perf_counter() - start
-    atomic_write_json(metrics, category_dir(output_dir, category) / "metrics.json")
-    return {**metrics, "arrays": arrays}
+    atomic_write_json(metrics, run.metrics)
+    return metrics, arrays
 
 
 def format_metrics(metrics: Dict[str, Any]) -> str:

@@ -59,7 +59,7 @@ def explorer_figure(arrays: Dict[str, Any], index: int, threshold: float) -> Fig
 
 
 class ResidualExplorer:
-    """ipywidgets explorer over the arrays returned by `pipeline.evaluate(...)["arrays"]`.
+    """ipywidgets explorer over the arrays of `metrics, arrays = pipeline.evaluate(...)`.
 
     `ResidualExplorer(arrays, threshold).widget` as a cell's last line shows it; headless
     (papermill) it still builds and renders its first figure.
