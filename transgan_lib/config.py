@@ -144,7 +144,8 @@ class TrainConfig:
     deterministic: bool = False
     threads: int = 0
     sample_every: int = 1  # epochs between sample grids / plots
-    checkpoint_every: int = 1  # epochs between checkpoints
+    # epochs between checkpoints (and always after the last one): a base checkpoint is ~2.2 GB
+    checkpoint_every: int = 10
     num_workers: int = 0
     model: Dict[str, Any] = field(default_factory=dict)  # extra ModelConfig overrides
     # Fields that may change between a checkpoint and the run resuming it without a warning (`model`:

@@ -4,6 +4,7 @@ Users' scripts read these names, so they are an interface: add, never rename.
 
     <output_dir>/<category>/
         checkpoint.pt                    GAN training state (resumable; `gan.checkpoint`)
+        weights.pt                       its weights only (EMA G, D, configs): what scoring needs
         encoder.pt                       f-AnoGAN encoder of that GAN (`detection.encoder_training`)
         mapping_<method>.pt              latent mapping of validation/test images (`detection.pipeline`)
         mapping_<method>.json            notebook 03's summary
@@ -39,6 +40,11 @@ class RunPaths:
     @property
     def checkpoint(self) -> Path:
         return self.root / "checkpoint.pt"
+
+    @property
+    def weights(self) -> Path:
+        """The small weights-only export of the checkpoint (EMA G + D + configs), for scoring."""
+        return self.root / "weights.pt"
 
     @property
     def encoder(self) -> Path:

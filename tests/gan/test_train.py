@@ -47,7 +47,7 @@ class ImageSet(torch.utils.data.Dataset):
 
 def _cfg(out, **kw):
     base = dict(output_dir=str(out), category="toy", image_size=SIZE, model_size="tiny", latent_dim=32,
-                epochs=2, batch_size=4, device="cpu", lr=2e-4, seed=3)
+                epochs=2, batch_size=4, device="cpu", lr=2e-4, seed=3, checkpoint_every=1)
     base.update(kw)
     return TrainConfig(**base)
 

@@ -34,7 +34,7 @@ from ..config import ConfigError
 from ..utils import PathLike, atomic_torch_save, resolve_device
 
 FORMAT_VERSION = 1
-KINDS = ("gan", "cifar-dual")
+KINDS = ("gan", "gan-weights", "cifar-dual")
 
 
 class CheckpointError(RuntimeError):
@@ -237,16 +237,17 @@ def checkpoint_kind(ckpt: Any) -> Optional[str]:
     return "gan" if "G" in ckpt else None
 
 
-def read_checkpoint(path: PathLike, kind: str, *, required: Iterable[str] = (), train_hint: str = "",
-                    map_location: Union[str, torch.device] = "cpu") -> Dict[str, Any]:
-    """Load the `kind` checkpoint at `path` (weights_only) and check it.
+def read_checkpoint(path: PathLike, kind: Union[str, Tuple[str, ...]], *, required: Iterable[str] = (),
+                    train_hint: str = "", map_location: Union[str, torch.device] = "cpu") -> Dict[str, Any]:
+    """Load the `kind` checkpoint (or any of a tuple of kinds) at `path` (weights_only) and check it.
 
     Raises:
         FileNotFoundError: no file at `path` (the message ends with `train_hint`: what to run).
         CheckpointError: the file is corrupt or truncated (delete it), is a checkpoint of another
             kind (both kinds named), is newer than this library, or lacks a `required` key.
     """
-    path = Path(path)
+    path, kinds = Path(path), ((kind,) if isinstance(kind, str) else tuple(kind))
+    kind = " or ".join(repr(k) for k in kinds)
     if not path.is_file():
         raise FileNotFoundError(f"{kind} checkpoint not found: {path}. {train_hint}".strip())
     try:
@@ -256,9 +257,9 @@ def read_checkpoint(path: PathLike, kind: str, *, required: Iterable[str] = (), 
                               "corrupt or was not written by transgan_lib; delete it to retrain.") from e
     found = checkpoint_kind(ckpt)
     if found is None:
-        raise CheckpointError(f"{path} is not a transgan_lib training checkpoint (no kind; expected {kind!r})")
-    if found != kind:
-        raise CheckpointError(f"{path} is a {found!r} checkpoint, but a {kind!r} checkpoint is expected "
+        raise CheckpointError(f"{path} is not a transgan_lib training checkpoint (no kind; expected {kind})")
+    if found not in kinds:
+        raise CheckpointError(f"{path} is a {found!r} checkpoint, but a {kind} checkpoint is expected "
                               "here; check the path")
     version = ckpt.get("format_version", 1)
     if version > FORMAT_VERSION:

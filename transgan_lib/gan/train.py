@@ -48,6 +48,7 @@ from .augment import diff_augment
 from .checkpoint import (
     CheckpointError,
     check_compatible,
+    export_weights,
     load_checkpoint,
     load_generator,
     load_models,
@@ -276,16 +277,20 @@ def _build_datasets(cfg: TrainConfig):
                                                    cfg.val_fraction, cfg.seed))
 
 
-def _save(st: GANState, path: Path, epoch_state: Optional[Dict[str, Any]] = None) -> None:
+def _save(st: GANState, paths: RunPaths, epoch_state: Optional[Dict[str, Any]] = None) -> None:
+    """The checkpoint, and at an epoch boundary its weights-only export (rank 0)."""
     if rank() == 0:
-        save_checkpoint(make_checkpoint(st, epoch_state, world_size()), path)
+        ckpt = make_checkpoint(st, epoch_state, world_size())
+        save_checkpoint(ckpt, paths.checkpoint)
+        if epoch_state is None:
+            export_weights(ckpt, paths.checkpoint, paths.weights)
 
 
 def _train_epochs(st: GANState, train_set: Dataset, val_set: Optional[Dataset], real_fixed: torch.Tensor,
                   paths: RunPaths, epoch_state: Optional[dict], max_steps: Optional[int], progress: bool,
                   callbacks) -> None:
     """Epochs st.epoch .. cfg.epochs-1 (or until max_steps), with rows, files and checkpoints."""
-    cfg, ckpt_path = st.cfg, paths.checkpoint
+    cfg = st.cfg
     n_batches = _batches_per_epoch(train_set, cfg)
     done_steps = st.epoch * n_batches + (epoch_state or {}).get("batch", 0)
     bar = tqdm(total=cfg.epochs * n_batches, initial=min(done_steps, cfg.epochs * n_batches),
@@ -296,18 +301,18 @@ def _train_epochs(st: GANState, train_set: Dataset, val_set: Optional[Dataset], 
             done = _run_epoch(st, train_set, st.epoch, epoch_state, bar, max_steps, n_batches)
             epoch_state = None
             if done["stopped"]:  # max_steps inside the epoch: save the partial epoch, resumable
-                _save(st, ckpt_path, done)
+                _save(st, paths, done)
                 return
             is_last = st.epoch + 1 == cfg.epochs
             row = _epoch_row(st, done, st.epoch, val_set, real_fixed, paths, is_last)
             st.epoch += 1
             unsaved = not (st.epoch % cfg.checkpoint_every == 0 or is_last)
             if not unsaved:
-                _save(st, ckpt_path)
+                _save(st, paths)
             for callback in (callbacks or ()) if rank() == 0 else ():
                 callback(row)
         if unsaved:  # max_steps stopped at an epoch boundary between checkpoints
-            _save(st, ckpt_path)
+            _save(st, paths)
     finally:
         bar.close()
 
