@@ -25,6 +25,18 @@ class ConfigError(ValueError):
     """A configuration value is invalid or does not match a checkpoint."""
 
 
+class SavedConfig:
+    """`to_dict` / `from_dict` of a config dataclass, whose plain values are saved inside the files
+    it produces (checkpoints, mapping files, metrics.json) and read back from them."""
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]):
+        return dataclass_from_dict(cls, d)
+
+
 def config_from_parameters(cls, namespace: Mapping[str, Any], **overrides):
     """Build the dataclass `cls` from a notebook's parameters: every field of `cls` whose name is
     in `namespace` (e.g. `globals()` after the papermill `parameters` cell) takes that value, the
@@ -44,7 +56,7 @@ def dataclass_from_dict(cls, d: Dict[str, Any]):
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(SavedConfig):
     """TransGAN generator + discriminator architecture.
 
     Fields left as None take their value from `MODEL_PRESETS[model_size]` in `__post_init__`.
@@ -100,9 +112,6 @@ class ModelConfig:
         depths = tuple(self.g_depths)
         return tuple(depths[i] if i < len(depths) else depths[-1] for i in range(self.n_stages))
 
-    def to_dict(self) -> Dict[str, Any]:
-        return dataclasses.asdict(self)
-
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "ModelConfig":
         # configs saved before `global_affine` existed describe generators without it
@@ -110,7 +119,7 @@ class ModelConfig:
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(SavedConfig):
     """GAN training on the normal images of one MVTec-layout category."""
     data_root: str = "data/mvtec_ad"
     category: str = "bottle"
@@ -164,13 +173,6 @@ class TrainConfig:
         return ModelConfig(image_size=self.image_size, model_size=self.model_size,
                            latent_dim=self.latent_dim, **self.model)
 
-    def to_dict(self) -> Dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Dict[str, Any]) -> "TrainConfig":
-        return dataclass_from_dict(cls, d)
-
 
 # Names shared by the mapping settings and the detection code (`detection.mapping`, `detection.maps`).
 MAPPING_METHODS = ("iterative", "encoder", "hybrid")
@@ -179,7 +181,7 @@ MAP_KINDS = ("residual", "shift_residual", "ssim", "msgms")
 
 
 @dataclass
-class MappingConfig:
+class MappingConfig(SavedConfig):
     """Latent mapping and scoring of one category (notebooks 03 and 04, `python -m transgan_lib score`).
 
     Saved inside the mapping file `mapping_<method>.pt` and in metrics.json ("mapping_config"), and
@@ -215,16 +217,9 @@ class MappingConfig:
         if not 0 < self.threshold_q <= 100:
             raise ConfigError(f"threshold_q is a percentile in (0, 100], got {self.threshold_q}")
 
-    def to_dict(self) -> Dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Dict[str, Any]) -> "MappingConfig":
-        return dataclass_from_dict(cls, d)
-
 
 @dataclass
-class EncoderConfig:
+class EncoderConfig(SavedConfig):
     """Training of the f-AnoGAN encoder (`detection.encoder_training.train_encoder`); saved in
     encoder.pt, which is reused only for the same settings and GAN checkpoint."""
     epochs: int = 50
@@ -238,9 +233,3 @@ class EncoderConfig:
         if self.epochs < 1 or self.batch_size < 1:
             raise ConfigError(f"need epochs >= 1 and batch_size >= 1, got {self.epochs}, {self.batch_size}")
 
-    def to_dict(self) -> Dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Dict[str, Any]) -> "EncoderConfig":
-        return dataclass_from_dict(cls, d)

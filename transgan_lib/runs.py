@@ -27,38 +27,34 @@ from pathlib import Path
 from .utils import PathLike
 
 
+def _file(name: str, doc: str) -> property:
+    """A RunPaths attribute: the file (or folder) `name` in the run folder."""
+    return property(lambda self: self.root / name, doc=f"{name}: {doc}")
+
+
 @dataclass(frozen=True)
 class RunPaths:
     """The files of one category's run under `<output_dir>/<category>/`."""
     output_dir: Path
     category: str
 
+    checkpoint = _file("checkpoint.pt", "the GAN training state (resumable)")
+    weights = _file("weights.pt", "the checkpoint's weights only (EMA G, D, configs), for scoring")
+    encoder = _file("encoder.pt", "the f-AnoGAN encoder of that GAN")
+    metrics = _file("metrics.json", "notebook 04's metrics")
+    data_summary = _file("data_summary.json", "notebook 01's data summary")
+    train_summary = _file("train_summary.json", "notebook 02's last epoch")
+    notebooks = _file("notebooks", "the executed notebooks of the demo job")
+
     @property
     def root(self) -> Path:
         return Path(self.output_dir) / self.category
-
-    @property
-    def checkpoint(self) -> Path:
-        return self.root / "checkpoint.pt"
-
-    @property
-    def weights(self) -> Path:
-        """The small weights-only export of the checkpoint (EMA G + D + configs), for scoring."""
-        return self.root / "weights.pt"
-
-    @property
-    def encoder(self) -> Path:
-        return self.root / "encoder.pt"
 
     def mapping(self, method: str) -> Path:
         return self.root / f"mapping_{method}.pt"
 
     def mapping_summary(self, method: str) -> Path:
         return self.root / f"mapping_{method}.json"
-
-    @property
-    def metrics(self) -> Path:
-        return self.root / "metrics.json"
 
     def history(self, suffix: str) -> Path:
         """history.json, history.csv or history.png (`suffix` without the dot)."""
@@ -67,18 +63,6 @@ class RunPaths:
     def samples(self, epoch: int = None) -> Path:
         """samples_epoch_<NNNN>.png for `epoch`, samples_latest.png for None."""
         return self.root / ("samples_latest.png" if epoch is None else f"samples_epoch_{epoch:04d}.png")
-
-    @property
-    def data_summary(self) -> Path:
-        return self.root / "data_summary.json"
-
-    @property
-    def train_summary(self) -> Path:
-        return self.root / "train_summary.json"
-
-    @property
-    def notebooks(self) -> Path:
-        return self.root / "notebooks"
 
 
 def run_paths(output_dir: PathLike, category: str) -> RunPaths:
