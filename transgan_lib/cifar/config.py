@@ -65,7 +65,7 @@ class CifarConfig:
     device: str = "auto"
     amp: str = "auto"  # as TrainConfig: bf16/fp16 autocast on CUDA, fp32 on CPU
     checkpoint_every: int = 1
-    resume: bool = False  # continue from an existing checkpoint of the same config
+    resume: bool = True  # continue from run_dir's checkpoint.pt if there is one (a finished run is loaded)
     progress: bool = True
     model: Dict[str, Any] = field(default_factory=dict)  # extra ModelConfig overrides
     # Fields that may differ between a checkpoint and the config that resumes it (`gan.stack.check_resume`)

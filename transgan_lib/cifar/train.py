@@ -230,8 +230,10 @@ def train_cifar(cfg: CifarConfig, split: Optional[AnomalySplit] = None,
 
     `split` (or `data` = (train, test) to split) skips reading the dataset. A checkpoint
     (models, optimizers, grad scaler, RNG states, config, history) is written atomically to
-    `run_dir(cfg)/checkpoint.pt` every `checkpoint_every` epochs and after the last one; with
-    `cfg.resume`, training continues from it (exactly as if uninterrupted).
+    `run_dir(cfg)/checkpoint.pt` every `checkpoint_every` epochs and after the last one. With
+    `cfg.resume` (the default, as `gan.train.train_gan`), training continues from it exactly as if
+    uninterrupted, and a finished run (checkpoint epoch >= cfg.epochs) is loaded, not trained again;
+    `resume=False` starts over.
     """
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
