@@ -201,7 +201,7 @@ def _small_test_set():
 def test_compute_metrics_keys_and_per_defect():
     labels, defects, scores = _small_test_set()
     out = compute_metrics(labels, scores, defects=defects, threshold=0.45)
-    assert set(out) == {"image_auroc", "pixel_auroc", "aupro", "image_f1_max", "threshold",
+    assert set(out) == {"image_auroc", "pixel_auroc", "aupro", "image_f1_max", "image_f1_at_threshold", "threshold",
                         "at_threshold", "per_defect", "n_test"}
     # Positives beat 3, 2, 3, 3 of the 3 negatives -> 11/12.
     assert out["image_auroc"] == pytest.approx(11 / 12)
@@ -216,6 +216,19 @@ def test_compute_metrics_keys_and_per_defect():
     assert out["at_threshold"]["recall"] == pytest.approx(3 / 4)
     assert out["at_threshold"]["fpr"] == pytest.approx(0.0)
     json.dumps(out)
+
+
+def test_f1_at_the_validation_threshold_beside_the_oracle_f1_max():
+    labels, defects, scores = _small_test_set()
+    out = compute_metrics(labels, scores, defects=defects, threshold=0.45)
+    # >= 0.45 flags 0.9, 0.5, 0.6: TP 3, FP 0, FN 1 -> precision 1, recall 3/4, F1 6/7.
+    assert out["image_f1_at_threshold"] == out["at_threshold"]["f1"] == pytest.approx(6 / 7)
+    # The oracle picks 0.25 on the test set itself: TP 4, FP 1 (0.3) -> F1 8/9, above 6/7.
+    assert out["image_f1_max"] == pytest.approx(8 / 9)
+    # Per defect, the same validation threshold: crack 0.9 found, 0.25 missed -> F1 2/3; hole both -> 1.
+    assert out["per_defect"]["crack"]["image_f1_at_threshold"] == pytest.approx(2 / 3)
+    assert out["per_defect"]["hole"]["image_f1_at_threshold"] == pytest.approx(1.0)
+    assert "image_f1_at_threshold" not in compute_metrics(labels, scores)  # no threshold, no such F1
 
 
 def test_compute_metrics_pixel_metrics_and_types():

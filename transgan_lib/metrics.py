@@ -58,7 +58,7 @@ def _masks_maps(masks: Any, maps: Any) -> Tuple[np.ndarray, np.ndarray]:
     if m.shape != a.shape:
         raise ValueError(
             f"masks {m.shape} and maps {a.shape} differ in shape; resize the maps to the mask size "
-            "first (transgan_lib.maps.resize_maps)"
+            "first (transgan_lib.detection.maps.resize_maps)"
         )
     return m > 0.5, a
 
@@ -179,6 +179,8 @@ def aupro(masks: Any, maps: Any, max_fpr: float = 0.3, num_thresholds: int = 200
 def f1_max(labels: Any, scores: Any) -> Tuple[float, float]:
     """Best F1 over all thresholds and the threshold reaching it (positive iff score >= threshold).
 
+    An oracle figure: the threshold is chosen on the very labels it is scored against; report it
+    beside the F1 at a threshold from validation normals (`classification_at_threshold`).
     Returns (nan, nan) with a warning if only one class is present.
     """
     y, s = _labels_scores(labels, scores)
@@ -242,14 +244,17 @@ def classification_at_threshold(labels: Any, scores: Any, threshold: float) -> D
     }
 
 
-def _subset_metrics(y, s, m, a) -> Dict[str, Optional[float]]:
+def _subset_metrics(y, s, m, a, threshold: Optional[float] = None) -> Dict[str, Optional[float]]:
     has_pixels = m is not None and a is not None
-    return {
+    out = {
         "image_auroc": image_auroc(y, s),
         "pixel_auroc": pixel_auroc(m, a) if has_pixels else None,
         "aupro": aupro(m, a) if has_pixels else None,
         "image_f1_max": f1_max(y, s)[0],
     }
+    if threshold is not None:
+        out["image_f1_at_threshold"] = classification_at_threshold(y, s, threshold)["f1"]
+    return out
 
 
 def compute_metrics(
@@ -269,8 +274,12 @@ def compute_metrics(
         defects: (B,) defect type per image (any name for good images; good = label 0).
         threshold: a decision threshold from validation normals (`threshold_from_normals`).
     Returns:
-        {"image_auroc", "pixel_auroc", "aupro", "image_f1_max", ["threshold", "at_threshold"],
-         "per_defect": {type: {image_auroc, pixel_auroc, aupro, image_f1_max, n}}, "n_test"}.
+        {"image_auroc", "pixel_auroc", "aupro", "image_f1_max", ["image_f1_at_threshold",
+         "threshold", "at_threshold"], "per_defect": {type: {image_auroc, pixel_auroc, aupro,
+         image_f1_max, [image_f1_at_threshold], n}}, "n_test"}.
+        "image_f1_max" is the F1 at the best threshold *on this test set*: an oracle figure, no
+        detector can choose that threshold. "image_f1_at_threshold" (= at_threshold["f1"]) is the
+        F1 at the given validation threshold: the one a deployed detector reaches.
         Per-defect metrics use the good test images plus that type's images; n counts that
         type's images.
     """
@@ -280,7 +289,7 @@ def compute_metrics(
         m, a = _masks_maps(masks, maps)
         if m.shape[0] != y.size:
             raise ValueError(f"{m.shape[0]} masks/maps but {y.size} labels")
-    result: Dict[str, Any] = _subset_metrics(y, s, m, a)
+    result: Dict[str, Any] = _subset_metrics(y, s, m, a, threshold)
     if threshold is not None:
         result["threshold"] = float(threshold)
         result["at_threshold"] = classification_at_threshold(y, s, threshold)
@@ -292,7 +301,8 @@ def compute_metrics(
         good = y == 0
         for name in sorted(set(d[y == 1])):
             keep = good | ((d == name) & (y == 1))
-            sub = _subset_metrics(y[keep], s[keep], None if m is None else m[keep], None if a is None else a[keep])
+            sub = _subset_metrics(y[keep], s[keep], None if m is None else m[keep], None if a is None else a[keep],
+                                  threshold)
             sub["n"] = int(np.sum((d == name) & (y == 1)))
             per_defect[name] = sub
     result["per_defect"] = per_defect

@@ -13,6 +13,7 @@ from transgan_lib.data.mvtec import (
     MVTecAD,
     load_image,
     load_mask,
+    resize_mask,
     split_train_val,
     stack_dataset,
 )
@@ -78,6 +79,45 @@ def test_load_mask_is_binary_nearest(tmp_path):
     assert mask.shape == (1, 16, 16)
     assert set(mask.unique().tolist()) == {0.0, 1.0}
     assert mask.sum().item() == 64  # 16x16 square -> 8x8 at half size
+
+
+@pytest.mark.parametrize("size", [16, 32, 64, 128, 256])
+def test_a_thin_scratch_keeps_its_pixels_at_every_size(tmp_path, size):
+    """A 3 x 60 px scratch of a 256 px mask, between the rows nearest neighbour reads at 16, 32 and
+    64 px (16k + 8, 8k + 4, 4k + 2): a shrunk mask must still mark it, and only around it."""
+    m = np.zeros((256, 256), np.uint8)
+    m[111:114, 70:130] = 255
+    mask = load_mask(write_png(tmp_path / "scratch_mask.png", m), size)
+    assert mask.shape == (1, size, size) and set(mask.unique().tolist()) <= {0.0, 1.0}
+    cell = 256 // size
+    rows, cols = mask[0].nonzero(as_tuple=True)
+    assert len(rows) > 0  # the scratch survives
+    # only the cells the scratch touches: rows 111-113 and columns 70-129 of the full mask
+    assert rows.min() == 111 // cell and rows.max() == 113 // cell
+    assert cols.min() == 70 // cell and cols.max() == 129 // cell
+    if size == 256:
+        assert mask.sum() == 180
+
+
+def test_resize_mask_keeps_regions_of_an_odd_ratio_and_enlarges_by_nearest():
+    m = torch.zeros(1, 900, 900)
+    m[:, 450:452, 100:800] = 1  # 2 px line of a 900 px mask (a 0.07 cell at 32 px)
+    small = resize_mask(m, 32)
+    assert small.shape == (1, 32, 32) and small.sum() > 0 and small[0].any(dim=1).sum() <= 2
+    assert resize_mask(torch.eye(4)[None], 8).sum() == 16  # each pixel a 2 x 2 block
+    assert torch.equal(resize_mask(m, 900), m)
+
+
+def test_masks_at_their_own_size(tmp_path):
+    write_category(tmp_path, size=24)
+    ds = MVTecAD(data_root=tmp_path, category="widget", split="test", image_size=8, mask_size=24)
+    assert ds.native_mask_size() == 24
+    crack = ds[0]
+    assert crack["image"].shape == (3, 8, 8) and crack["mask"].shape == (1, 24, 24)
+    assert crack["mask"].sum() == 36  # the 6 x 6 square at full size
+    masks = ds.load_masks(12)  # any size, images not decoded
+    assert masks.shape == (6, 1, 12, 12) and masks[0].sum() == 9 and masks[2].sum() == 0
+    assert MVTecAD(data_root=tmp_path, category="widget", split="train").native_mask_size() is None
 
 
 # ----------------------------------------------------------------------------- dataset

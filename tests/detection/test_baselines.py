@@ -86,8 +86,8 @@ def test_run_baselines_keys_and_thresholds(data):
     out = run_baselines(train, test, labels, masks, defects, threshold_images=val, sigma=2.0)
     assert set(out) == {"mean_image", "patch_nn"}
     for result in out.values():
-        assert set(result) == {"image_auroc", "pixel_auroc", "aupro", "image_f1_max", "threshold",
-                               "at_threshold", "per_defect", "n_test"}
+        assert set(result) == {"image_auroc", "pixel_auroc", "aupro", "image_f1_max", "image_f1_at_threshold",
+                               "threshold", "at_threshold", "per_defect", "n_test"}
         assert result["image_auroc"] == pytest.approx(1.0)
         assert result["pixel_auroc"] > 0.9 and result["aupro"] > 0.5
         assert set(result["per_defect"]) == {"square"} and result["per_defect"]["square"]["n"] == 4

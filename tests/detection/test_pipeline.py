@@ -6,26 +6,33 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from transgan_lib.config import ConfigError, MappingConfig
+from transgan_lib.config import ConfigError, MappingConfig, TrainConfig
+from transgan_lib.data.mvtec import MVTecAD
 from transgan_lib.data.synthetic import cutpaste
+from transgan_lib.detection import pipeline
+from transgan_lib.detection.baselines import mean_image_baseline
 from transgan_lib.detection.mapping_file import MAPPING_FORMAT
+from transgan_lib.detection.maps import resize_maps
 from transgan_lib.detection.pipeline import (
     FALLBACK_MAP_KIND,
     evaluate,
     format_metrics,
     load_mapping,
+    load_splits,
     mapping_path,
     run_mapping,
     score_maps,
     select_map_kind,
     verdict,
 )
-from transgan_lib.metrics import image_auroc, threshold_from_normals
+from transgan_lib.metrics import image_auroc, pixel_auroc, threshold_from_normals
 from transgan_lib.runs import file_fingerprint, run_paths
 
+DEMO_MASK_SIZE = 64  # conftest's small demo is built at 64 px, masks included
 METRICS_KEYS = {"image_auroc", "pixel_auroc", "aupro", "image_f1_max", "threshold", "per_defect", "method",
                 "iterations", "n_test", "seconds_per_image", "baselines", "map_kind", "map_selection", "sigma",
-                "alternatives", "restarts", "candidates", "lambda_", "mapping_config", "fingerprints", "test_scores"}
+                "alternatives", "restarts", "candidates", "lambda_", "mapping_config", "fingerprints", "test_scores",
+                "eval_size", "image_f1_at_threshold"}
 
 
 def _map(cfg, encoder_epochs=50, **settings):
@@ -61,6 +68,8 @@ def test_mapping_then_metrics_follow_the_protocol(trained_run):
     assert torch.allclose(arrays["reconstructions"], mapping.test.result.reconstructions)
     assert arrays["maps"].shape == (15, 32, 32)
     assert "baseline: mean_image" in format_metrics(metrics)
+    for row in (on_disk, *on_disk["baselines"].values(), *on_disk["alternatives"].values()):
+        assert row["image_f1_at_threshold"] == row["at_threshold"]["f1"]  # beside the oracle F1-max
     # The settings and the files the scores were made from, and the per-image test scores.
     run = run_paths(cfg.output_dir, cfg.category)
     assert on_disk["mapping_config"] == MappingConfig(iterations=4, batch_size=8).to_dict()
@@ -156,3 +165,91 @@ def test_verdict_warns_only_when_the_mean_image_is_not_beaten():
     assert "does not beat the mean training image" in verdict(row)
     assert "WARNING" in format_metrics({**row, "per_defect": {}})
     assert verdict({**row, "image_auroc": 0.8}) == ""
+
+
+def test_pixel_metrics_are_computed_at_the_masks_own_size(evaluated_run, copy_run, tmp_path):
+    """The demo's masks are 64 px, the model's maps 32 px: pixel metrics
+    compare the masks at 64 px with the maps upsampled (bilinear), unless eval_size says otherwise."""
+    cfg = copy_run(evaluated_run[0], tmp_path, files=("checkpoint.pt", "mapping_iterative.pt"))
+    test = MVTecAD(data_root=cfg.data_root, category=cfg.category, split="test", image_size=32)
+    train = load_splits(cfg.data_root, cfg.category, cfg)["train"]["images"]
+    for eval_size, size in ((None, DEMO_MASK_SIZE), (32, 32)):
+        metrics, arrays = _evaluate(cfg, eval_size=eval_size)
+        masks = test.load_masks(size)  # (15, 1, S, S)
+        assert metrics["eval_size"] == size and metrics["image_size"] == 32 and arrays["maps"].shape[-1] == 32
+        assert metrics["pixel_auroc"] == pytest.approx(pixel_auroc(masks, resize_maps(arrays["maps"], size)))
+        floor = mean_image_baseline(train, arrays["images"], kind=metrics["map_kind"], sigma=metrics["sigma"])[0]
+        assert metrics["baselines"]["mean_image"]["pixel_auroc"] == pytest.approx(
+            pixel_auroc(masks, resize_maps(floor, size)))  # the floors at the same size, by the same code
+        assert json.loads(run_paths(cfg.output_dir, cfg.category).metrics.read_text())["eval_size"] == size
+        assert f"pixel metrics at {size} px" in format_metrics(metrics)
+
+
+def test_the_map_kind_choice_uses_no_test_image(evaluated_run, copy_run, tmp_path, monkeypatch):
+    """Evaluated again with other test images, labels and masks (the validation normals and their
+    CutPaste copies unchanged), the map-kind table and choice stay exactly the same."""
+    cfg = copy_run(evaluated_run[0], tmp_path, files=("checkpoint.pt", "mapping_iterative.pt"))
+    first, _ = _evaluate(cfg, baselines=False)
+    real_splits, real_masks = pipeline.load_splits, pipeline.load_evaluation_masks
+
+    def other_test_set(*args, **kw):
+        splits = real_splits(*args, **kw)
+        test, order = splits["test"], torch.randperm(15, generator=torch.Generator().manual_seed(0))
+        noise = torch.randn(test["images"].shape, generator=torch.Generator().manual_seed(1))
+        others = splits["train"]["images"][:15].flip(-1) + 0.3 * noise  # other images, flipped and noisy
+        splits["test"] = {**test, "images": others.clamp(-1, 1), "labels": test["labels"][order],
+                          "masks": test["masks"][order]}
+        return splits
+
+    def other_masks(*args, **kw):
+        masks, size = real_masks(*args, **kw)
+        return masks.flip(0), size
+
+    monkeypatch.setattr(pipeline, "load_splits", other_test_set)
+    monkeypatch.setattr(pipeline, "load_evaluation_masks", other_masks)
+    second, _ = _evaluate(cfg, baselines=False)
+    assert second["test_scores"]["scores"] != first["test_scores"]["scores"]  # the test set did change
+    assert second["image_auroc"] != first["image_auroc"]
+    assert second["map_selection"] == first["map_selection"] and second["map_kind"] == first["map_kind"]
+    assert second["threshold"] == first["threshold"]  # from the validation normals alone too
+
+
+def test_a_run_without_validation_normals_is_refused_before_any_work(trained_run, copy_run, tmp_path, monkeypatch):
+    """val_fraction=0 leaves no normal to threshold on or to choose the map kind with: a ConfigError
+    saying so, before the training images are read or anything is mapped."""
+    cfg = copy_run(trained_run, tmp_path)
+    real_load_models = pipeline.load_models
+
+    def without_validation(*args, **kw):
+        G, D, model_config, train_config = real_load_models(*args, **kw)
+        return G, D, model_config, dataclasses.replace(train_config, val_fraction=0.0)
+
+    def expensive(*args, **kw):
+        raise AssertionError("reached the expensive part")
+
+    monkeypatch.setattr(pipeline, "load_models", without_validation)
+    monkeypatch.setattr(pipeline, "train_val_split", expensive)
+    monkeypatch.setattr(pipeline, "map_with_config", expensive)
+    with pytest.raises(ConfigError, match=r"val_fraction=0\b.*validation normals.*val_fraction > 0"):
+        _map(cfg)
+    assert not mapping_path(cfg.output_dir, cfg.category, "iterative").exists()
+
+
+def test_too_few_training_images_for_a_validation_normal_is_refused(tmp_path):
+    from PIL import Image
+    (tmp_path / "one" / "train" / "good").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(tmp_path / "one" / "train" / "good" / "000.png")
+    config = TrainConfig(data_root=str(tmp_path), category="one", image_size=32, val_fraction=0.1)
+    with pytest.raises(ConfigError, match="0 validation images.*at least two training images"):
+        load_splits(tmp_path, "one", config)
+
+
+def test_format_metrics_labels_f1_max_as_an_oracle_beside_the_f1_at_the_threshold():
+    row = {"image_auroc": 0.9, "pixel_auroc": 0.8, "aupro": 0.7, "image_f1_max": 0.85, "image_f1_at_threshold": 0.61}
+    text = format_metrics({**row, "threshold": 0.3, "at_threshold": {"f1": 0.61}, "eval_size": 128, "image_size": 32,
+                           "per_defect": {"crack": {**row, "n": 3}}, "baselines": {"mean_image": row}})
+    header, main = text.splitlines()[:2]
+    assert "F1-max (oracle)" in header and "F1 @ val thr" in header
+    assert header.index("F1-max (oracle)") < header.index("F1 @ val thr")
+    assert main.split()[-2:] == ["0.850", "0.610"]
+    assert "pixel metrics at 128 px" in text and "best threshold on the test set" in text

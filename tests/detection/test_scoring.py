@@ -95,3 +95,24 @@ def test_hybrid_scoring_uses_the_encoder_the_mapping_was_made_with(trained_run, 
                 epochs=2, batch_size=8, device="cpu", progress=False, output_dir=cfg.output_dir, category=cfg.category)
     with pytest.raises(ConfigError, match="encoder.pt is not the encoder .*mapping_hybrid.pt was made with"):
         score_images(_run(cfg).checkpoint, arrays["images"][:1], method="hybrid", device="cpu", progress=False)
+
+
+def test_a_pasted_white_square_scores_above_the_same_image_without_it(evaluated_run, demo_root):
+    """Scored as the evaluated run scores (its map kind, search settings and threshold), good test
+    images with an 8 x 8 white square pasted in score above the images themselves and are flagged.
+    Measured on this fixture (1-epoch tiny GAN, 5 search steps) with its 4 validation and 6 good test
+    normals: every pair, score gap 0.20 to 0.47 (mean score 0.26 -> 0.60, threshold 0.32), AUROC 1.0;
+    random-colour squares: every pair too, AUROC 0.87; CutPaste copies (a patch of the image itself,
+    jittered): 5 of 10 pairs, AUROC 0.50, too subtle for this GAN. 4 images keep the test short."""
+    cfg, _ = evaluated_run
+    good = sorted((demo_root / "demo" / "test" / "good").glob("*.png"))[:4]
+    originals = torch.stack([load_image(p, cfg.image_size) for p in good])  # (4, 3, 32, 32)
+    defective = originals.clone()
+    g = torch.Generator().manual_seed(0)
+    for image in defective:
+        y, x = torch.randint(2, cfg.image_size - 10, (2,), generator=g).tolist()
+        image[:, y:y + 8, x:x + 8] = 1.0  # white, in [-1, 1]
+    scored = score_images(_run(cfg).checkpoint, torch.cat([originals, defective]), device="cpu", progress=False)
+    before, after = scored.scores[:4], scored.scores[4:]
+    assert (after > before).all() and (after - before).mean() > 0.1, (before, after)
+    assert scored.decisions[4:].all()  # above the validation threshold of metrics.json

@@ -2,6 +2,8 @@
 
 Shape letters: N images, C channels (3 for images, 1 for masks), H, W height and width.
 Images are float tensors in [-1, 1] of shape (3, H, W); masks are float {0, 1} of shape (1, H, W).
+A mask shrunk below its file's size keeps every defect: a cell is defective when any pixel it covers
+is (`resize_mask`), so a 3 px scratch of a 900 px mask survives at 32 px.
 
 Expected folder layout (the layout of the official MVTec AD archive)::
 
@@ -22,6 +24,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset, Subset
 from torchvision.transforms.functional import pil_to_tensor
@@ -100,21 +103,46 @@ def load_image(path: PathLike, image_size: int) -> torch.Tensor:
     return x / 127.5 - 1.0
 
 
+def resize_mask(mask: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize a binary mask (1, H, W) to (1, size, size) so that no defect is lost.
+
+    Enlarging: nearest neighbour. Shrinking: a cell is defective iff any pixel it covers is
+    (adaptive max pooling, whose cells cover every pixel), so a scratch thinner than a cell keeps
+    pixels instead of vanishing as it would under nearest neighbour; regions grow by under a cell.
+    """
+    m = mask[None].float()  # (1, 1, H, W)
+    h, w = m.shape[-2:]
+    up = (max(h, size), max(w, size))
+    if up != (h, w):
+        m = F.interpolate(m, size=up, mode="nearest-exact")  # (1, 1, H', W'), each side >= size
+    if up != (size, size):
+        m = F.adaptive_max_pool2d(m, size)  # (1, 1, size, size)
+    return m[0]
+
+
 def load_mask(path: PathLike, image_size: int) -> torch.Tensor:
     """Read a ground-truth mask as a float tensor (1, image_size, image_size) in {0, 1}.
 
-    Nearest-neighbour resize; any pixel > 0 counts as defective. Raises DatasetError if unreadable.
+    Any pixel > 0 counts as defective; resized by `resize_mask` (a shrunk mask keeps every defect).
+    Raises DatasetError if unreadable.
     """
     path = Path(path)
     try:
         with Image.open(path) as img:
             img.load()
             img = img.convert("L")
-        img = img.resize((image_size, image_size), Image.Resampling.NEAREST)
     except _READ_ERRORS as e:
         raise DatasetError(f"cannot read mask {path}: {e}; delete or replace it") from e
-    m = pil_to_tensor(img)  # (1, H, W) uint8
-    return (m > 0).float()
+    return resize_mask((pil_to_tensor(img) > 0).float(), int(image_size))  # (1, S, S) from (1, H, W)
+
+
+def mask_file_size(path: PathLike) -> int:
+    """The larger side in pixels of a mask file (read from its header, no decoding)."""
+    try:
+        with Image.open(path) as img:
+            return max(img.size)
+    except _READ_ERRORS as e:
+        raise DatasetError(f"cannot read mask {path}: {e}; delete or replace it") from e
 
 
 def find_mask(category_root: Path, defect: str, image_path: Path) -> Optional[Path]:
@@ -231,21 +259,24 @@ class MVTecAD(Dataset):
 
     in sorted, deterministic order (by defect folder, then file name). Attributes `paths`,
     `labels` (list of int), `defects` (list of str) and `defect_types` (sorted unique non-good).
+    Masks are `mask_size` px (None: `image_size`); `load_masks` reads the masks alone, at any size.
     With `cache=True` decoded tensors stay in memory after the first load.
     All layout errors raise DatasetError here, at construction; unreadable images raise when
     loaded (call `verify()` to check every file up front).
     """
 
     def __init__(self, *, data_root: PathLike, category: str, split: str = "train",
-                 image_size: int = 64, cache: bool = True):
+                 image_size: int = 64, mask_size: Optional[int] = None, cache: bool = True):
         if split not in ("train", "test"):
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-        if int(image_size) <= 0:
-            raise ValueError(f"image_size must be positive, got {image_size}")
+        for name, value in (("image_size", image_size), ("mask_size", mask_size)):
+            if value is not None and int(value) <= 0:
+                raise ValueError(f"{name} must be positive, got {value}")
         self.data_root = Path(data_root)
         self.category = category
         self.split = split
         self.image_size = int(image_size)
+        self.mask_size = self.image_size if mask_size is None else int(mask_size)
         self.cache = cache
         self.root = check_category_root(self.data_root, category)
         if split == "train":
@@ -262,13 +293,22 @@ class MVTecAD(Dataset):
         return len(self.paths)
 
     def _load(self, index: int) -> Tuple[torch.Tensor, torch.Tensor]:
-        path = Path(self.paths[index])
-        image = load_image(path, self.image_size)
+        return load_image(self.paths[index], self.image_size), self._mask(index, self.mask_size)
+
+    def _mask(self, index: int, size: int) -> torch.Tensor:
         if self.labels[index]:
-            mask = load_mask(self._masks[path], self.image_size)
-        else:
-            mask = torch.zeros(1, self.image_size, self.image_size)
-        return image, mask
+            return load_mask(self._masks[Path(self.paths[index])], size)
+        return torch.zeros(1, size, size)
+
+    def native_mask_size(self) -> Optional[int]:
+        """The larger side of the largest ground-truth mask file, in pixels (None: no mask)."""
+        return max((mask_file_size(p) for p in self._masks.values()), default=None)
+
+    def load_masks(self, size: Optional[int] = None) -> torch.Tensor:
+        """Every item's mask (N, 1, S, S), S = `size` (None: `mask_size`), without decoding the
+        images; shrunk masks keep every defect (`resize_mask`)."""
+        size = self.mask_size if size is None else int(size)
+        return torch.stack([self._mask(i, size) for i in range(len(self))])  # (N, 1, S, S)
 
     def __getitem__(self, index: int) -> dict:
         if index < 0:
@@ -300,7 +340,7 @@ class MVTecAD(Dataset):
 
     def __repr__(self) -> str:
         return (f"MVTecAD(category={self.category!r}, split={self.split!r}, n={len(self)}, "
-                f"image_size={self.image_size}, defect_types={self.defect_types})")
+                f"image_size={self.image_size}, mask_size={self.mask_size}, defect_types={self.defect_types})")
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -344,6 +384,6 @@ def stack_dataset(dataset: Dataset) -> dict:
 
 __all__: Sequence[str] = (
     "MVTEC_CATEGORIES", "IMAGE_EXTENSIONS", "DatasetError", "MVTecAD", "load_image", "load_mask",
-    "list_images", "find_mask", "find_categories", "check_category_root", "split_train_val",
-    "stack_dataset",
+    "resize_mask", "mask_file_size", "list_images", "find_mask", "find_categories", "check_category_root",
+    "split_train_val", "stack_dataset",
 )

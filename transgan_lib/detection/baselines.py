@@ -4,7 +4,8 @@
 - patch nearest neighbour: each test patch's distance to its nearest raw-pixel training patch.
 
 Maps are smoothed with the same Gaussian and images scored with the same max rule as the GAN
-(`transgan_lib.maps`), so the comparison is like for like.
+(`transgan_lib.maps`), and pixel metrics computed at the masks' size by the same code
+(`evaluation.metrics_at_size`), so the comparison is like for like.
 
 Shape letters: B images, C channels, H, W pixels, D = C * p * p patch length, L patches per image.
 Images are (B, C, H, W) float tensors in [-1, 1].
@@ -16,8 +17,9 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from ..metrics import compute_metrics, threshold_from_normals
-from .maps import anomaly_maps, gaussian_smooth, max_score, resize_maps
+from ..metrics import threshold_from_normals
+from .evaluation import metrics_at_size
+from .maps import anomaly_maps, gaussian_smooth, max_score
 
 
 @torch.no_grad()
@@ -125,12 +127,12 @@ def run_baselines(
     q: float = 99.0,
     return_scores: bool = False,
 ) -> Dict[str, Dict[str, Any]]:
-    """Both baselines, scored with `metrics.compute_metrics`.
+    """Both baselines, scored with `evaluation.metrics_at_size` (`metrics.compute_metrics`).
 
     Args:
         train_images: (B_train, C, H, W) normal training images.
         test_images: (B, C, H, W); test_labels: (B,) 1 = defective; test_masks: (B, 1, h, w)
-            or (B, h, w) or None (maps are resized to the mask size); defects: (B,) names or None.
+            or (B, h, w) or None (maps are upsampled to the mask size, bilinear); defects: (B,) names or None.
         threshold_images: validation normal images; when given, each baseline's decision
             threshold is the q-th percentile of its scores on them (never the test set).
     Returns:
@@ -150,12 +152,7 @@ def run_baselines(
         threshold = None
         if threshold_images is not None:
             threshold = threshold_from_normals(method(threshold_images)[1], rule="percentile", q=q)
-        if test_masks is not None:
-            maps = resize_maps(maps, tuple(test_masks.shape[-2:]))
-        results[name] = compute_metrics(
-            test_labels, scores, masks=test_masks, maps=maps if test_masks is not None else None,
-            defects=defects, threshold=threshold,
-        )
+        results[name] = metrics_at_size(test_labels, scores, test_masks, maps, defects, threshold)
     return (results, all_scores) if return_scores else results
 
 

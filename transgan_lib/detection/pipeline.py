@@ -3,7 +3,12 @@ residuals into anomaly maps and scores, and measure them honestly.
 
 Protocol (fixed before looking at any test number):
 - the validation normals are the same seeded split of train/good that training used; the decision
-  threshold is a percentile of *their* scores; the test set is used only to report metrics;
+  threshold is a percentile of *their* scores; the test set is used only to report metrics (so a
+  run trained with val_fraction=0 cannot be evaluated: ConfigError before any mapping);
+- pixel AUROC and AUPRO are computed at the masks' own resolution (capped at 256 px), the maps
+  upsampled to it (`evaluation`), for the GAN, its alternatives and the baselines alike;
+- F1-max is the F1 at the best threshold on the test set: an oracle figure, always shown beside
+  the F1 at the validation threshold;
 - the image score is the max of the Gaussian-smoothed map. Its kind (`map_kind="auto"`, the
   default) is the one of `maps.MAP_KINDS` that best separates the validation normals from CutPaste
   copies of them (`synthetic.cutpaste`, mapped beside them by `run_mapping`): a choice made with
@@ -27,16 +32,17 @@ from typing import Any, Dict, Optional, Tuple
 
 import torch
 
-from ..config import EncoderConfig, MappingConfig, TrainConfig
+from ..config import ConfigError, EncoderConfig, MappingConfig, TrainConfig
 from ..data.mvtec import stack_dataset
 from ..data.splits import open_split, train_val_split
 from ..data.synthetic import cutpaste
 from ..gan.checkpoint import load_models
-from ..metrics import compute_metrics, image_auroc, roc_points, threshold_from_normals
+from ..metrics import image_auroc, roc_points, threshold_from_normals
 from ..runs import RunPaths, file_fingerprint, run_paths
 from ..utils import PathLike, atomic_write_json, resolve_device
 from .baselines import run_baselines
 from .encoder_training import ensure_encoder
+from .evaluation import load_evaluation_masks, metrics_at_size
 from .mapping import MappingResult, map_with_config
 from .mapping_file import MappedImages, MappingRun
 from .maps import (
@@ -60,10 +66,24 @@ def mapping_path(output_dir: PathLike, category: str, method: str) -> Path:
     return run_paths(output_dir, category).mapping(method)
 
 
+def require_validation(train_config, n_val: Optional[int] = None) -> None:
+    """ConfigError unless the run has validation normals (`n_val` of them, when counted): the
+    threshold and the map-kind choice are made on them, never on the test set."""
+    if train_config.val_fraction <= 0 or n_val == 0:
+        raise ConfigError(
+            f"no validation normals (val_fraction={train_config.val_fraction:g}"
+            + ("" if n_val is None else f", {n_val} validation images") + "): the decision threshold and the "
+            "map-kind choice are made on validation normals, never on the test set. Train with val_fraction > 0 "
+            "(e.g. the default 0.1) and at least two training images")
+
+
 def load_splits(data_root: PathLike, category: str, train_config) -> Dict[str, Any]:
-    """Train / validation / test splits exactly as training made them (same seed and fraction)."""
+    """Train / validation / test splits exactly as training made them (same seed and fraction);
+    ConfigError when there is no validation normal (`require_validation`)."""
     size = train_config.image_size
+    require_validation(train_config)
     train, val = train_val_split(data_root, category, size, train_config.val_fraction, train_config.seed)
+    require_validation(train_config, len(val))
     test = open_split(data_root, category, "test", size)
     return {"train": stack_dataset(train), "val": stack_dataset(val), "test": stack_dataset(test)}
 
@@ -114,7 +134,8 @@ def run_mapping(config: MappingConfig, *, data_root: PathLike, category: str, ou
     seed). Also maps `config.synthetic_copies` CutPaste copies of each validation normal
     ("val_synthetic"; 0 = none), which `evaluate` uses to choose the map kind. Three copies by
     default, because with one the choice between map kinds flipped with the seed of the copies (20
-    demo normals against 20 copies); with three it did not.
+    demo normals against 20 copies); with three it did not. A checkpoint trained with
+    val_fraction=0 is refused (ConfigError) before anything is mapped: nothing could be evaluated.
 
     Returns:
         (the MappingRun saved to `mapping_<method>.pt`, with the checkpoint's (and encoder's)
@@ -123,7 +144,7 @@ def run_mapping(config: MappingConfig, *, data_root: PathLike, category: str, ou
     run, dev = run_paths(output_dir, category), resolve_device(device)
     fingerprints = {"checkpoint": file_fingerprint(run.checkpoint), "encoder": None}
     G, D, model_config, train_config = load_models(run.checkpoint, dev)
-    splits = load_splits(data_root, category, train_config)
+    splits = load_splits(data_root, category, train_config)  # ConfigError first without validation normals
     encoder, encoder_history = None, None
     if config.method in ("encoder", "hybrid"):
         encoder, encoder_history = get_encoder(G, D, splits, output_dir=output_dir, category=category,
@@ -196,18 +217,19 @@ def select_map_kind(val_images: torch.Tensor, val, synthetic_images: Optional[to
 
 
 def _alternatives(test, val, images, val_images, masks, labels, defects, sigma) -> Dict[str, Any]:
-    """Every other map / score rule, each thresholded on the validation normals, none selected."""
+    """Every other map / score rule, each thresholded on the validation normals, none selected;
+    pixel metrics at the size of `masks` (B, S, S)."""
     rows = {}
     for kind in MAP_KINDS:
         t = score_maps(images, test, map_kind=kind, sigma=sigma)
         v = score_maps(val_images, val, map_kind=kind, sigma=sigma)
-        rows[f"{kind}_map_max"] = compute_metrics(labels, t["score"], masks, t["map"], defects,
+        rows[f"{kind}_map_max"] = metrics_at_size(labels, t["score"], masks, t["map"], defects,
                                                   threshold_from_normals(v["score"]))
         if kind == "residual":
-            rows["anogan_score"] = compute_metrics(labels, t["anogan"], masks, t["map"], defects,
+            rows["anogan_score"] = metrics_at_size(labels, t["anogan"], masks, t["map"], defects,
                                                    threshold_from_normals(v["anogan"]))
             if "feature_map" in t:
-                rows["feature_map_max"] = compute_metrics(
+                rows["feature_map_max"] = metrics_at_size(
                     labels, max_score(t["feature_map"]), masks, t["feature_map"], defects,
                     threshold_from_normals(max_score(v["feature_map"])))
     return rows
@@ -249,7 +271,7 @@ def _run_record(mapping: MappingRun, config: MappingConfig, run: RunPaths, test_
 
 def evaluate(*, data_root: PathLike, category: str, output_dir: PathLike, method: str = "iterative",
              map_kind: Optional[str] = None, sigma: Optional[float] = None, threshold_q: Optional[float] = None,
-             baselines: bool = True) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+             baselines: bool = True, eval_size: Optional[int] = None) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     """Metrics of a mapped category, written to `<output_dir>/<category>/metrics.json`.
 
     The mapping file of `method` must have been made with the checkpoint now at
@@ -257,10 +279,14 @@ def evaluate(*, data_root: PathLike, category: str, output_dir: PathLike, method
     MappingConfig gives the map and threshold settings; `map_kind`, `sigma`, `threshold_q` given
     here replace them. `map_kind`: one of `maps.MAP_KINDS`, or "auto" to choose it on validation
     normals and their CutPaste copies (`select_map_kind`; recorded under "map_selection").
+    `eval_size`: the size pixel metrics are computed at (recorded as "eval_size"); None = the
+    masks' own size capped at 256 px (`evaluation.evaluation_size`). Image scores and `arrays` stay
+    at model resolution.
 
     Returns:
         (metrics, as written to metrics.json, with "mapping_config", "fingerprints" and the
-        per-image "test_scores"; arrays: maps, scores, images for figures and the explorer widget).
+        per-image "test_scores"; arrays: maps, masks, scores, images at model resolution for figures
+        and the explorer widget).
     """
     start, run = time.perf_counter(), run_paths(output_dir, category)
     mapping = _checked_mapping(run, method)
@@ -269,20 +295,22 @@ def evaluate(*, data_root: PathLike, category: str, output_dir: PathLike, method
     splits = _splits_of(mapping, data_root, run.mapping(method))
     test, val, syn = mapping.test.result, mapping.val.result, mapping.val_synthetic
     images, val_images = splits["test"]["images"], splits["val"]["images"]
-    masks, labels, defects = splits["test"]["masks"][:, 0], splits["test"]["labels"], splits["test"]["defects"]
+    labels, defects = splits["test"]["labels"], splits["test"]["defects"]
+    masks, size = load_evaluation_masks(data_root, category, images.shape[-1], mapping.test.paths, eval_size)
     selection = select_map_kind(val_images, val, *((syn.images, syn.result) if syn else (None, None)),
                                 sigma=config.sigma)
     kind = selection["chosen"] if config.map_kind == "auto" else config.map_kind
     t = score_maps(images, test, map_kind=kind, sigma=config.sigma)
     v = score_maps(val_images, val, map_kind=kind, sigma=config.sigma)
-    metrics = compute_metrics(labels, t["score"], masks, t["map"], defects,
+    metrics = metrics_at_size(labels, t["score"], masks, t["map"], defects,
                               threshold_from_normals(v["score"], q=config.threshold_q))
     metrics.update({"n_val": len(val_images), "map_kind": kind, "map_selection": selection, "category": category,
                     "score_rule": f"max of Gaussian-smoothed {kind} map", "image_size": int(images.shape[-1]),
+                    "eval_size": size, "pixel_metrics_rule": f"maps upsampled (bilinear) to the {size} px masks",
                     **_run_record(mapping, config, run, t["score"])})
     metrics["alternatives"] = _alternatives(test, val, images, val_images, masks, labels, defects, config.sigma)
     arrays = {"images": images, "reconstructions": test.reconstructions, "maps": t["map"], "scores": t["score"],
-              "masks": masks, "labels": labels, "defects": defects, "paths": mapping.test.paths,
+              "masks": splits["test"]["masks"][:, 0], "labels": labels, "defects": defects, "paths": mapping.test.paths,
               "val_scores": v["score"], "roc": {"TransGAN": (*roc_points(labels, t["score"]), metrics["image_auroc"])}}
     if baselines:
         # Same map rule as the GAN; thresholds from the validation normals.
@@ -297,12 +325,17 @@ def evaluate(*, data_root: PathLike, category: str, output_dir: PathLike, method
 
 
 def format_metrics(metrics: Dict[str, Any]) -> str:
-    """A plain-text table: the GAN's rows (main rule and alternatives) beside the baselines."""
-    def row(name, m):
-        vals = [m.get(k) for k in ("image_auroc", "pixel_auroc", "aupro", "image_f1_max")]
-        return f"{name:<38}" + "".join(f"{'-' if v is None else f'{v:.3f}':>12}" for v in vals)
+    """A plain-text table: the GAN's rows (main rule and alternatives) beside the baselines.
 
-    lines = [f"{'':<38}{'image AUROC':>12}{'pixel AUROC':>12}{'AUPRO':>12}{'F1-max':>12}",
+    "F1-max (oracle)" is the F1 at the best threshold on the test set itself, which no detector
+    can know; "F1 @ val thr" beside it is the F1 at the validation-normal threshold."""
+    keys = ("image_auroc", "pixel_auroc", "aupro", "image_f1_max", "image_f1_at_threshold")
+
+    def row(name, m):
+        return f"{name:<38}" + "".join(f"{'-' if m.get(k) is None else f'{m[k]:.3f}':>{w}}"
+                                       for k, w in zip(keys, (12, 12, 12, 17, 14)))
+
+    lines = [f"{'':<38}{'image AUROC':>12}{'pixel AUROC':>12}{'AUPRO':>12}{'F1-max (oracle)':>17}{'F1 @ val thr':>14}",
              row(f"TransGAN {metrics.get('method', '')} ({metrics.get('map_kind', '')})", metrics)]
     lines += [row(f"  alt: {name}", m) for name, m in metrics.get("alternatives", {}).items()]
     lines += [row(f"baseline: {name}", m) for name, m in metrics.get("baselines", {}).items()]
@@ -312,6 +345,9 @@ def format_metrics(metrics: Dict[str, Any]) -> str:
     if metrics.get("threshold") is not None:
         lines += ["", f"threshold {metrics['threshold']:.4f} ({metrics.get('threshold_rule', '')}): "
                       + ", ".join(f"{k} {v:.3f}" for k, v in at.items())]
+    if metrics.get("eval_size") is not None:
+        lines += [f"pixel metrics at {metrics['eval_size']} px (maps of {metrics.get('image_size')} px upsampled, "
+                  "bilinear); F1-max (oracle): best threshold on the test set itself"]
     sel = metrics.get("map_selection") or {}
     if sel.get("synthetic_auroc"):
         lines += [f"map kind {metrics.get('map_kind')!r}; {sel['rule']}: "
