@@ -116,3 +116,20 @@ def test_a_pasted_white_square_scores_above_the_same_image_without_it(evaluated_
     before, after = scored.scores[:4], scored.scores[4:]
     assert (after > before).all() and (after - before).mean() > 0.1, (before, after)
     assert scored.decisions[4:].all()  # above the validation threshold of metrics.json
+
+
+def test_a_run_folder_that_kept_only_weights_scores_the_same(evaluated_run, trained_run, tmp_path):
+    """Delete the 2 GB checkpoint after training: weights.pt (which records the checkpoint it came
+    from) with the mapping and metrics files scores exactly as the checkpoint did."""
+    import shutil
+    cfg, _ = evaluated_run
+    metrics = json.loads(_run(cfg).metrics.read_text())
+    images = torch.stack([load_image(p, cfg.image_size) for p in metrics["test_scores"]["paths"][:3]])
+    slim = run_paths(tmp_path, cfg.category)
+    slim.root.mkdir()
+    shutil.copy(_run(trained_run).weights, slim.weights)  # exported beside the checkpoint evaluated_run copied
+    for name in ("mapping_iterative.pt", "metrics.json"):
+        shutil.copy(_run(cfg).root / name, slim.root / name)
+    full = score_images(_run(cfg).checkpoint, images, device="cpu", progress=False)
+    only_weights = score_images(slim.root, images, device="cpu", progress=False)
+    assert torch.equal(only_weights.scores, full.scores) and only_weights.threshold == full.threshold

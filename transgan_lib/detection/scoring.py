@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ..config import ConfigError, MappingConfig
-from ..gan.checkpoint import load_models
+from ..gan.checkpoint import load_models, scoring_file, source_fingerprint
 from ..runs import RunPaths, file_fingerprint, run_paths_of
 from ..utils import PathLike, resolve_device
 from .encoder_training import load_encoder
@@ -114,12 +114,14 @@ def load_evaluated_run(checkpoint_or_run_dir: PathLike, method: str = "iterative
     naming it and the fix) when it was made with another checkpoint or another mapping file.
 
     Args:
-        checkpoint_or_run_dir: `<output_dir>/<category>/checkpoint.pt` or its folder.
+        checkpoint_or_run_dir: `<output_dir>/<category>/checkpoint.pt`, its weights.pt, or their
+            folder. A folder that kept only weights.pt is scored with it: it records the
+            fingerprint of the checkpoint it came from, which the other files are checked against.
     """
     paths = run_paths_of(checkpoint_or_run_dir)
-    if not paths.checkpoint.is_file():
-        raise FileNotFoundError(f"no GAN checkpoint at {paths.checkpoint}")
-    fingerprint = file_fingerprint(paths.checkpoint)
+    if not scoring_file(paths).is_file():
+        raise FileNotFoundError(f"no GAN checkpoint at {paths.checkpoint} (nor its weights.pt)")
+    fingerprint = source_fingerprint(scoring_file(paths))
     mapping = None
     if paths.mapping(method).is_file():
         mapping = MappingRun.load(paths.mapping(method), method)
@@ -172,7 +174,7 @@ class Scorer:
     def __init__(self, checkpoint_or_run_dir: PathLike, *, method: str = "iterative", device: str = "auto"):
         self.run = load_evaluated_run(checkpoint_or_run_dir, method)
         self.device = resolve_device(device)
-        self.G, self.D, self.model_config, _ = load_models(self.run.paths.checkpoint, self.device)
+        self.G, self.D, self.model_config, _ = load_models(scoring_file(self.run.paths), self.device)
         self.encoder = _checked_encoder(self.run, self.device) if method in ("encoder", "hybrid") else None
 
     @property
