@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from tqdm.auto import tqdm
 
 from ..config import ConfigError, EncoderConfig
+from ..gan.stack import grad_scaler, optimizer_step
 from ..models.encoder import LatentEncoder
 from ..runs import run_paths
 from ..utils import (
@@ -106,10 +107,7 @@ def _train_epoch(G, D, E, loader, opt, scaler, kappa, device, amp_dtype) -> list
         x = batch_images(batch).to(device=device, dtype=torch.float32)
         with autocast(device, amp_dtype):
             losses = encoder_loss(G, D, E, x, kappa)
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(losses[0]).backward()
-        scaler.step(opt)
-        scaler.update()
+        optimizer_step(losses[0], opt, scaler)
         sums += torch.stack([t.detach().float().cpu() for t in losses]) * x.shape[0]
         count += x.shape[0]
     return (sums / count).tolist()
@@ -160,7 +158,7 @@ def train_encoder(G: nn.Module, D: nn.Module, train_images_or_loader: Images, *,
     val_loader = None if val_images is None else _loader(val_images, batch_size, shuffle=False, seed=seed)
     amp_dtype = autocast_dtype(device, amp)
     opt = torch.optim.Adam(E.parameters(), lr=lr)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    scaler = grad_scaler(device, amp_dtype)
     keys = ["epoch", "train_loss", "train_image_mse", "train_feature_mse", "seconds"]
     history: Dict[str, list] = {k: [] for k in keys + (["val_loss"] if val_loader is not None else [])}
     with frozen(G, D):

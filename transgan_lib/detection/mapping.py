@@ -36,6 +36,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..config import FEATURE_KINDS, MAPPING_METHODS, MappingConfig  # noqa: F401 (FEATURE_KINDS re-exported)
+from ..gan.stack import grad_scaler, optimizer_step
 from ..models.perceptual import PerceptualWeightsError, load_perceptual_net  # noqa: F401 (re-exported)
 from ..utils import autocast, autocast_dtype
 from .latent import (  # noqa: F401 (re-exported: the search's building blocks)
@@ -101,7 +102,7 @@ def _search_batch(G, feature_fn, x, z0, *, iterations, lambda_, lr, record_every
         f_x = feature_fn(x) if feature_fn is not None else None  # (M, N, F), fixed target
     z = z0.clone().requires_grad_(True)
     opt = torch.optim.Adam([z], lr=lr) if iterations > 0 else None
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    scaler = grad_scaler(device, amp_dtype)
     history, steps = [], []
     for step in range(iterations):
         with autocast(device, amp_dtype):
@@ -113,11 +114,8 @@ def _search_batch(G, feature_fn, x, z0, *, iterations, lambda_, lr, record_every
             steps.append(step)
             if not bar.disable:  # .item() syncs the GPU: only when a bar is shown
                 bar.set_postfix(loss=f"{loss.mean().item():.4f}", refresh=False)
-        opt.zero_grad(set_to_none=True)
         # Sum, not mean: each row of z gets exactly the gradient of its own image's loss.
-        scaler.scale(loss.sum()).backward()
-        scaler.step(opt)
-        scaler.update()
+        optimizer_step(loss.sum(), opt, scaler)
         bar.update(1)
     return z.detach(), f_x, history, steps
 
