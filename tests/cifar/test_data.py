@@ -256,3 +256,28 @@ def test_load_anomaly_split_from_cifar_files(tmp_path, skip_md5):
     assert s.classes[s.target_class] == "cat" and s.counts()["n_test_anomalous"] == 3
     assert s.counts()["n_train_anomalous"] + s.counts()["n_val_anomalous"] == 2  # 20 cats x 0.1
     assert torch.all(s.train_images[s.train_labels == 1][:, 0] == 60)  # cat = label 3, R = 20 * 3
+
+
+# ----------------------------------------------------------------------------- digits
+def test_digits_are_scikit_learns_real_images_with_a_fixed_stratified_split():
+    """`dataset="digits"`: sklearn's 1,797 bundled 8x8 digits at 32 px, 3 equal channels, the same
+    train/test split whatever the run's seed (25 % of every class is test), classes "0".."9"."""
+    from sklearn.datasets import load_digits
+    train, test = load_classification("digits", "unused", image_size=32)
+    assert (len(train), len(test)) == (1347, 450) and train.classes == [str(c) for c in range(10)]
+    assert train.images.shape[1:] == (3, 32, 32) and train.images.dtype == torch.uint8
+    assert torch.equal(train.images[:, 0], train.images[:, 2])
+    assert list_classes("digits", "unused") == train.classes
+    per_class = torch.bincount(test.targets, minlength=10)
+    assert all(abs(n - 0.25 * t) <= 0.5 for n, t in zip(per_class.tolist(), np.bincount(load_digits().target)))
+    # the real pixels: each image shrunk back to 8 x 8 is one of sklearn's digits of its class
+    small = torch.nn.functional.interpolate(to_float(test.images[:20, :1]), size=(8, 8), mode="area")
+    ref = torch.from_numpy(load_digits().images).float() / 8.0 - 1.0  # 0..16 -> [-1, 1]
+    nearest = torch.cdist(small.flatten(1), ref.flatten(1)).argmin(dim=1)
+    assert torch.equal(torch.from_numpy(load_digits().target)[nearest], test.targets[:20])
+    again, _ = load_classification("digits", "unused", image_size=32)
+    assert torch.equal(again.images, train.images)
+    s1 = load_anomaly_split(dataset="digits", anomaly_class="3", seed=1)
+    s2 = load_anomaly_split(dataset="digits", anomaly_class=3, seed=2)
+    assert torch.equal(s1.test_images, s2.test_images) and s1.counts()["n_test_anomalous"] == 46
+    assert not torch.equal(s1.val_images, s2.val_images)

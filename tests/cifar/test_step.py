@@ -16,12 +16,13 @@ from transgan_lib.cifar import losses as L
 from transgan_lib.cifar.config import LOSS_NAMES, CifarConfig
 from transgan_lib.cifar.train import CifarModels, CifarOptimizers, build_cifar_models, train_step
 
-# A tiny model (16 px, TransGAN "tiny", random ResNet18 at 32 px), six distinct non-zero weights,
-# no gradient clipping (it would rescale the gradients compared), top-1 of the 16 4x4 patches.
+# A tiny model (16 px, TransGAN "tiny", random ResNet18 at 32 px, frozen: a trainable trunk's BatchNorm
+# statistics would move between the two steps compared), six distinct non-zero weights, no gradient
+# clipping (it would rescale the gradients compared), top-1 of the 16 4x4 patches.
 CFG = CifarConfig(image_size=16, model_size="tiny", latent_dim=32, pretrained=False, feature_extractor="resnet18",
-                  encoder_input_size=32, head_hidden=64, patch_size=4, patch_top_k=1, grad_clip=0.0, device="cpu",
-                  progress=False, w_l1=2.0, w_patch=3.0, w_latent=0.5, w_adv_normal=1.5, w_adv_anomalous=0.75,
-                  w_abc=1.25)
+                  finetune_encoder=False, encoder_input_size=32, head_hidden=64, patch_size=4, patch_top_k=1,
+                  grad_clip=0.0, device="cpu", progress=False, w_l1=2.0, w_patch=3.0, w_latent=0.5,
+                  w_adv_normal=1.5, w_adv_anomalous=0.75, w_abc=1.25)
 BN, BA = 4, 2  # normals, labelled anomalies
 
 

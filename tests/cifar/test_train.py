@@ -13,9 +13,10 @@ import torchvision
 from PIL import Image
 
 from transgan_lib.cifar.config import CifarConfig, run_dir, run_files
+from transgan_lib.cifar.data import AnomalySplit, to_float
 from transgan_lib.cifar.evaluate import evaluate_cifar, run_all_classes, run_cifar
 from transgan_lib.cifar.model import EncoderWeightsError, load_resnet
-from transgan_lib.cifar.score import combine_scores, score_images, select_parts
+from transgan_lib.cifar.score import combine_scores, latent_bank, pixel_baselines, score_images, select_parts
 from transgan_lib.cifar.train import (
     build_cifar_models,
     build_optimizers,
@@ -25,6 +26,7 @@ from transgan_lib.cifar.train import (
 )
 from transgan_lib.config import ConfigError, config_from_parameters
 from transgan_lib.gan.checkpoint import CheckpointError, load_checkpoint, load_generator
+from transgan_lib.metrics import image_auroc
 from transgan_lib.runs import run_paths
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -115,7 +117,9 @@ def trained(tmp_path_factory):
 def test_config_presets_roundtrip_and_errors():
     assert (CifarConfig().feature_extractor, CifarConfig().encoder_input_size) == ("resnet50", 224)
     tiny = CifarConfig(model_size="tiny")
-    assert (tiny.feature_extractor, tiny.encoder_input_size) == ("resnet18", 64)
+    assert (tiny.feature_extractor, tiny.encoder_input_size, tiny.finetune_encoder) == ("convnet", 32, True)
+    # only ImageNet weights stay frozen by default; random ones train with the model
+    assert not CifarConfig().finetune_encoder and CifarConfig(pretrained=False).finetune_encoder
     assert (CifarConfig().lr, CifarConfig().beta1, CifarConfig().beta2) == (1e-4, 0.001, 0.99)
     cfg = CifarConfig(anomaly_class="cat", w_abc=2.0, **TINY)
     assert CifarConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
@@ -173,6 +177,21 @@ def test_one_training_step_updates_what_it_should(finetune):
         assert all(p.requires_grad for p in model.to_latent_rec.parameters())
 
 
+def test_trainable_trunk_learns_batchnorm_statistics_from_real_images_only():
+    """E1's pass over images updates a trainable trunk's BatchNorm statistics; E2's pass over
+    reconstructions uses them without changing them (scoring would see a mixture otherwise)."""
+    torch.manual_seed(0)
+    model = build_cifar_models(CifarConfig(**TINY)).model.train()
+    assert model.features.trainable and model.features.trunk.training
+    bn = next(m for m in model.features.trunk.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    before = bn.running_mean.clone()
+    x = torch.rand(4, 3, 16, 16) * 2 - 1
+    model.encode_reconstruction(x)
+    assert torch.equal(bn.running_mean, before) and model.features.trunk.training
+    model.encode(x)
+    assert not torch.equal(bn.running_mean, before)
+
+
 def test_step_without_labelled_anomalies():
     cfg = CifarConfig(**TINY)
     models = build_cifar_models(cfg)
@@ -188,6 +207,50 @@ def test_combine_scores_standardises_on_reference():
     assert combine_scores(parts, reference, {"l1": 1.0, "patch": 2.0}).tolist() == [0.0, 3.0]
     kept = select_parts(parts, np.array([False, True]))
     assert {k: v.tolist() for k, v in kept.items()} == {"l1": [5.0], "patch": [1.0]}
+
+
+def test_score_parts_nearest_code_and_d_anomalous():
+    """"nearest" is the distance of E1(x) to the closest code of the bank (0 for the bank's own
+    images), "d_anomalous" D_anomalous' logit on x; a combination leaves out weight-0 parts."""
+    torch.manual_seed(0)
+    cfg = CifarConfig(**TINY)
+    model, _, d_a = build_cifar_models(cfg)
+    images = torch.randint(0, 256, (6, 3, 16, 16), dtype=torch.uint8)
+    bank = latent_bank(model, images[:3])
+    parts = score_images(model, images, cfg, bank=bank, d_anomalous=d_a)
+    assert np.allclose(parts["nearest"][:3], 0, atol=1e-3) and (parts["nearest"][3:] > 0.1).all()
+    with torch.no_grad():
+        z = model.eval().encode(to_float(images))
+        expected = torch.cdist(z, bank).min(dim=1).values
+        logits = d_a.eval()(to_float(images)).flatten()
+    np.testing.assert_allclose(parts["nearest"], expected.numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(parts["d_anomalous"], logits.numpy(), rtol=1e-5, atol=1e-5)
+    assert set(score_images(model, images, cfg)) == {"l1", "patch", "latent"}
+    reference = {k: v[:3] for k, v in parts.items()}
+    only_l1 = ({"l1": parts["l1"]}, {"l1": reference["l1"]})  # a weight-0 part need not be scored
+    assert np.array_equal(combine_scores(*only_l1, {"l1": 1.0, "d_anomalous": 0.0}),
+                          combine_scores(parts, reference, {"l1": 1.0}))
+
+
+def test_pixel_floors_known_answer():
+    """kNN: the distance to the nearest training normal in raw pixels; logistic regression: fit on
+    the training normals and the labelled anomalies (dark vs bright images: it ranks the bright
+    test images first), left out without labelled anomalies."""
+    g = torch.Generator().manual_seed(0)
+    dark = torch.randint(0, 100, (20, 3, 4, 4), generator=g, dtype=torch.uint8)
+    bright = torch.randint(156, 256, (12, 3, 4, 4), generator=g, dtype=torch.uint8)
+    split = AnomalySplit(train_images=torch.cat([dark[:14], bright[:4]]), train_labels=torch.tensor([0] * 14 + [1] * 4),
+                         val_images=dark[14:15], val_labels=torch.tensor([0]),
+                         test_images=torch.cat([dark[15:], bright[4:]]), test_labels=torch.tensor([0] * 5 + [1] * 8),
+                         test_targets=torch.tensor([0] * 5 + [1] * 8), classes=["a", "b"], target_class=1,
+                         protocol="one_vs_rest_anomaly")
+    floors = pixel_baselines(split)
+    expected = torch.cdist(to_float(split.test_images).flatten(1).double(),
+                           to_float(dark[:14]).flatten(1).double()).min(dim=1).values
+    np.testing.assert_allclose(floors["knn"], expected.numpy(), rtol=1e-5)
+    assert image_auroc(split.test_labels, floors["logistic"]) == 1.0
+    only_normals = AnomalySplit(**{**split.__dict__, "train_images": dark[:14], "train_labels": torch.zeros(14)})
+    assert set(pixel_baselines(only_normals)) == {"knn"}
 
 
 def test_training_detects_what_the_untrained_model_cannot(trained):
@@ -208,6 +271,12 @@ def test_run_cifar_counts_the_split_and_writes_metrics(trained):
     assert metrics["class_name"] == "bar_right" and len(run.history) == cfg.epochs == metrics["epochs"]
     saved = json.loads((run_dir(cfg) / "metrics.json").read_text())
     assert saved["auroc"] == pytest.approx(metrics["auroc"]) and saved["anomaly_class"] == "bar_right"
+    # the floors, on the same test images and with the same metric code
+    split = run.split
+    knn = torch.cdist(to_float(split.test_images).flatten(1).double(),
+                      to_float(split.train_images[split.train_labels == 0]).flatten(1).double()).min(dim=1).values
+    assert saved["baselines"]["knn"]["auroc"] == pytest.approx(image_auroc(split.test_labels, knn))
+    assert set(saved["baselines"]) == {"knn", "logistic"} and 0 <= saved["baselines"]["logistic"]["auroc"] <= 1
 
 
 def test_threshold_from_validation_normals_only(trained):
@@ -226,7 +295,7 @@ def test_checkpoint_reloads_the_same_model(trained):
     cfg2, models, history = load_cifar_checkpoint(path)
     assert cfg2 == cfg and len(history) == cfg.epochs
     images = run.split.test_images[:8]
-    a, b = score_images(run.models.model, images, cfg), score_images(models.model, images, cfg)
+    a, b = score_images(run.scoring_model, images, cfg), score_images(models.model, images, cfg)
     for k in a:
         np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-6)
 
@@ -272,6 +341,8 @@ def test_rerun_loads_a_finished_run_instead_of_training_again(learnable_root, tm
     for a, b in zip(first.models, again.models):
         assert all(torch.equal(t, u) for t, u in zip(a.state_dict().values(), b.state_dict().values()))
     assert run_files(cfg).checkpoint.stat().st_mtime_ns == written
+    rescored = train_cifar(dataclasses.replace(cfg, score_weights={"l1": 1.0}))  # scoring only: loaded
+    assert rescored.cfg.score_weights == {"l1": 1.0} and rescored.history == first.history
     with pytest.raises(AssertionError, match="trained again"):
         train_cifar(dataclasses.replace(cfg, resume=False))
 
@@ -297,7 +368,7 @@ def test_checkpoint_loaders_refuse_corrupt_files_and_other_kinds(trained, traine
     with pytest.raises(CheckpointError, match="format_version 99, newer"):
         load_cifar_checkpoint(truncated)
     # a checkpoint written before the shared stack (no kind, RNG or scaler) still loads
-    old = {k: v for k, v in ckpt.items() if k not in ("kind", "format_version", "rng", "scaler")}
+    old = {k: v for k, v in ckpt.items() if k not in ("kind", "format_version", "rng", "scaler", "ema")}
     torch.save({**old, "format": "cifar-dual-v1"}, truncated)
     cfg2, models, history = load_cifar_checkpoint(truncated)
     assert cfg2 == cfg and len(history) == cfg.epochs
@@ -322,7 +393,7 @@ def test_notebook_parameters_build_the_config():
     cfg = config_from_parameters(CifarConfig, params)
     assert all(getattr(cfg, k) == v for k, v in params.items() if k in fields and v is not None)
     assert cfg.resume, "rerunning notebook 05 resumes from its checkpoint, as notebook 02 does"
-    assert "config_from_parameters(CifarConfig, globals())" in "".join(cells[index + 1]["source"])
+    assert any("config_from_parameters(CifarConfig, globals())" in "".join(c["source"]) for c in cells[index + 1:])
 
 
 def test_run_all_classes_writes_the_summary_table(learnable_root, tmp_path):
@@ -335,6 +406,11 @@ def test_run_all_classes_writes_the_summary_table(learnable_root, tmp_path):
         table = list(csv.DictReader(f))
     assert [r["class_name"] for r in table] == ["stripes", "flat", ""]
     assert float(table[-1]["auroc"]) == pytest.approx(rows[-1]["auroc"])
+    for floor in ("auroc_knn", "auroc_logistic"):  # both floors per class and their mean
+        values = [json.loads((tmp_path / "cifar" / str(c) / "metrics.json").read_text())
+                  ["baselines"][floor[len("auroc_"):]]["auroc"] for c in ("stripes", 1)]
+        assert [float(r[floor]) for r in table[:2]] == pytest.approx(values)
+        assert float(table[-1][floor]) == pytest.approx(np.mean(values))
     summary = json.loads((tmp_path / "cifar" / "summary.json").read_text())
     assert len(summary["rows"]) == 2 and summary["mean"]["anomaly_class"] == "mean"
     assert (tmp_path / "cifar" / "1" / "metrics.json").is_file()
@@ -351,7 +427,8 @@ def test_notebook_05_runs_under_papermill(learnable_root, tmp_path, monkeypatch)
     papermill.execute_notebook(str(NOTEBOOK), str(tmp_path / "out.ipynb"), parameters=params,
                                kernel_name="python3", cwd=str(ROOT), progress_bar=False)
     metrics = json.loads((out_dir / "cifar" / "3" / "metrics.json").read_text())
-    for key in ("auroc", "auprc", "anomaly_class", "n_train_normal", "n_train_anomalous", "n_test"):
+    for key in ("auroc", "auprc", "anomaly_class", "n_train_normal", "n_train_anomalous", "n_test", "baselines"):
         assert key in metrics
+    assert set(metrics["baselines"]) == {"knn", "logistic"}
     assert metrics["anomaly_class"] == 3 and metrics["n_test"] == 48 and 0.0 <= metrics["auroc"] <= 1.0
     assert (out_dir / "cifar" / "3" / "checkpoint.pt").is_file()

@@ -4,12 +4,18 @@ Shape letters: N images, C = 3 channels, H, W height and width.
 Images are kept as uint8 tensors (N, 3, H, W) (CIFAR-10's 60,000 images take 184 MB instead of
 737 MB as floats); `to_float` turns a batch into float [-1, 1] on the way to the model.
 
-Two sources (`dataset`):
+Three sources (`dataset`):
 
 * ``"cifar10"``: torchvision's CIFAR-10 reader over ``<data_root>/cifar-10-batches-py`` (the
   official python-pickle batches; downloaded when `download=True` and the network allows).
 * ``"folder"``: torchvision's ImageFolder layout, ``<data_root>/train/<class>/*`` and
   ``<data_root>/test/<class>/*``; grayscale images become 3 equal channels.
+* ``"digits"``: scikit-learn's bundled handwritten digits (`sklearn.datasets.load_digits`: 1,797
+  real 8x8 grayscale images of the digits 0-9, no download), upscaled bilinearly to `image_size`
+  with 3 equal channels. Its train/test split is fixed (seed `DIGITS_SPLIT_SEED`, stratified: a
+  `DIGITS_TEST_FRACTION` share of every class is the test split: 1,347 train, 450 test images),
+  whatever the run's seed; the run's seed draws the labelled anomalies and the validation split
+  from the train split, as for CIFAR-10. Runs offline, in CI and on a CPU.
 
 Two protocols (`protocol`), both singling out one class (`target_class`, an index into the sorted
 class names or a class name):
@@ -39,13 +45,15 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
 from ..data.mvtec import DatasetError, load_image
 from ..utils import PathLike
 
-DATASETS: Tuple[str, ...] = ("cifar10", "folder")
+DATASETS: Tuple[str, ...] = ("cifar10", "folder", "digits")
 PROTOCOLS: Tuple[str, ...] = ("one_vs_rest_anomaly", "one_class_normal")
 CIFAR10_FOLDER = "cifar-10-batches-py"
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_CLASSES: Tuple[str, ...] = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog",
                                     "horse", "ship", "truck")
 _CIFAR_ERRORS = (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError)
+DIGITS_SPLIT_SEED = 0
+DIGITS_TEST_FRACTION = 0.25
 
 
 @dataclass
@@ -189,9 +197,27 @@ def load_image_folder(data_root: PathLike, *, split: str, image_size: int,
     return LabelledImages(torch.stack(images), torch.tensor(targets, dtype=torch.long), classes)
 
 
+def load_digits(*, image_size: int = 32) -> Tuple[LabelledImages, LabelledImages]:
+    """(train, test) of scikit-learn's 8x8 digits as uint8 (N, 3, image_size, image_size); the split
+    is fixed and stratified (see module doc: 1,347 train and 450 test images)."""
+    from sklearn.datasets import load_digits as sklearn_digits  # bundled with scikit-learn
+    digits = sklearn_digits()
+    small = torch.from_numpy(digits.images).float().mul(255.0 / 16.0).round().to(torch.uint8)  # (N, 8, 8)
+    images = resize_uint8(small[:, None].expand(-1, 3, -1, -1).contiguous(), image_size)  # (N, 3, S, S)
+    targets = torch.from_numpy(digits.target).long()
+    g = torch.Generator().manual_seed(DIGITS_SPLIT_SEED)
+    is_test = torch.zeros(targets.numel(), dtype=torch.bool)
+    for c in range(10):
+        idx = torch.nonzero(targets == c).flatten()
+        is_test[idx[torch.randperm(idx.numel(), generator=g)[:round(idx.numel() * DIGITS_TEST_FRACTION)]]] = True
+    classes = [str(c) for c in range(10)]
+    return (LabelledImages(images[~is_test], targets[~is_test], classes),
+            LabelledImages(images[is_test], targets[is_test], classes))
+
+
 def load_classification(dataset: str, data_root: PathLike, *, image_size: int = 32,
                         download: bool = False) -> Tuple[LabelledImages, LabelledImages]:
-    """(train, test) splits of `dataset` ("cifar10" or "folder") with the same class indices."""
+    """(train, test) splits of `dataset` ("cifar10", "folder" or "digits") with the same class indices."""
     if dataset == "cifar10":
         return (load_cifar10(data_root, train=True, download=download, image_size=image_size),
                 load_cifar10(data_root, train=False, download=False, image_size=image_size))
@@ -199,6 +225,8 @@ def load_classification(dataset: str, data_root: PathLike, *, image_size: int = 
         train = load_image_folder(data_root, split="train", image_size=image_size)
         return train, load_image_folder(data_root, split="test", image_size=image_size,
                                         classes=train.classes)
+    if dataset == "digits":
+        return load_digits(image_size=image_size)
     raise DatasetError(f"dataset must be one of {DATASETS}, got {dataset!r}")
 
 
@@ -208,6 +236,8 @@ def list_classes(dataset: str, data_root: PathLike) -> List[str]:
         return list(CIFAR10_CLASSES)
     if dataset == "folder":
         return _scan_folder(Path(data_root) / "train")[0]
+    if dataset == "digits":
+        return [str(c) for c in range(10)]
     raise DatasetError(f"dataset must be one of {DATASETS}, got {dataset!r}")
 
 
@@ -285,5 +315,5 @@ def load_anomaly_split(*, dataset: str = "cifar10", data_root: PathLike = "data"
 
 
 __all__ = ["DATASETS", "PROTOCOLS", "CIFAR10_CLASSES", "LabelledImages", "AnomalySplit", "to_float",
-           "to_uint8", "resize_uint8", "resolve_class", "load_cifar10", "load_image_folder",
+           "to_uint8", "resize_uint8", "resolve_class", "load_cifar10", "load_image_folder", "load_digits",
            "load_classification", "list_classes", "make_anomaly_split", "load_anomaly_split"]

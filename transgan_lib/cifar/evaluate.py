@@ -2,12 +2,14 @@
 
 Shape letters: N images, H, W image size.
 
-Anomaly score: the score parts of `score_images` (L1, top-k patch and latent error per image) are
-standardised with the mean/std of the *validation normals* and summed with `score_weights`
-(`combine_scores`). AUROC/AUPRC are computed on these continuous scores; the decision threshold is a
-percentile of the validation normals' scores. The test set is used only for the final report.
-`score_images` and `combine_scores` are defined in `cifar.score` (training logs a validation AUROC
-every epoch) and re-exported here.
+Anomaly score: the score parts of `score_images` (L1, top-k patch, latent error, distance to the
+nearest training normal's code, D_anomalous' logit) are standardised with the mean/std of the
+*validation normals* and summed with `score_weights` (`combine_scores`). AUROC/AUPRC are computed on
+these continuous scores; the decision threshold is a percentile of the validation normals' scores.
+The raw-pixel floors (`pixel_baselines`: kNN on the normals, logistic regression with the labelled
+anomalies) are scored on the same test images with the same metric code. The test set is used only
+for the final report. `score_images` and `combine_scores` are defined in `cifar.score` (training logs
+a validation AUROC every epoch) and re-exported here.
 """
 from __future__ import annotations
 
@@ -23,13 +25,21 @@ import torch
 from matplotlib.figure import Figure
 from sklearn.metrics import average_precision_score
 
-from ..metrics import classification_at_threshold, image_auroc, threshold_from_normals
+from ..metrics import classification_at_threshold, image_auroc, roc_points, threshold_from_normals
 from ..utils import atomic_write_json, atomic_write_text
-from ..viz.figures import plot_image_grid
+from ..viz.figures import plot_image_grid, plot_roc_curves
 from .config import LOSS_NAMES, SCORE_PARTS, CifarConfig, run_files, run_root
 from .data import LabelledImages, list_classes, load_classification, to_float
 from .model import DualReconstructionModel
-from .score import combine_scores, score_images, select_parts
+from .score import (
+    BASELINES,
+    combine_scores,
+    latent_bank,
+    pixel_baselines,
+    score_images,
+    select_parts,
+    training_normals,
+)
 from .train import CifarRun, train_cifar
 
 
@@ -52,20 +62,24 @@ def evaluate_cifar(run: CifarRun) -> Tuple[Dict[str, Any], Dict[str, Dict[str, n
     """Test metrics and the scores behind them.
 
     Returns (metrics, scores). metrics: auroc, auprc (combined continuous score), auroc_parts /
-    auprc_parts per score part, threshold (the `threshold_percentile` of validation normals'
-    scores), at_threshold (accuracy, precision, recall, f1, fpr on the test set), the split's
-    counts, anomaly_class, class_name, protocol, epochs, seconds_per_epoch. scores: {"val",
-    "test"} -> {"labels", "l1", "patch", "latent", "score"} arrays.
+    auprc_parts per score part, baselines ({"knn", "logistic"} -> {"auroc", "auprc"}: the
+    raw-pixel floors on the same test images), threshold (the `threshold_percentile` of validation
+    normals' scores), at_threshold (accuracy, precision, recall, f1, fpr on the test set), the
+    split's counts, anomaly_class, class_name, protocol, epochs, seconds_per_epoch. scores: {"val",
+    "test"} -> {"labels", one array per score part, "score"}; "test" also holds "knn" and "logistic".
     """
-    cfg, split, model = run.cfg, run.split, run.models.model
+    cfg, split, model = run.cfg, run.split, run.scoring_model
+    bank = latent_bank(model, training_normals(split, seed=cfg.seed), run.device)
     scores: Dict[str, Dict[str, np.ndarray]] = {}
     for name, images, labels in (("val", split.val_images, split.val_labels),
                                  ("test", split.test_images, split.test_labels)):
-        scores[name] = {"labels": labels.numpy(), **score_images(model, images, cfg, run.device)}
+        scores[name] = {"labels": labels.numpy(), **score_images(model, images, cfg, run.device, bank=bank,
+                                                                 d_anomalous=run.models.d_anomalous)}
     reference = select_parts(scores["val"], scores["val"]["labels"] == 0)
     for s in scores.values():
         s["score"] = combine_scores(s, reference, cfg.score_weights)
     test = scores["test"]
+    test.update(pixel_baselines(split, seed=cfg.seed))
     y = test["labels"]
     threshold = threshold_from_normals(scores["val"]["score"][scores["val"]["labels"] == 0],
                                        rule="percentile", q=cfg.threshold_percentile)
@@ -75,6 +89,9 @@ def evaluate_cifar(run: CifarRun) -> Tuple[Dict[str, Any], Dict[str, Dict[str, n
         "auprc": float(average_precision_score(y, test["score"])) if both else math.nan,
         "auroc_parts": {k: image_auroc(y, test[k]) for k in SCORE_PARTS},
         "auprc_parts": {k: float(average_precision_score(y, test[k])) if both else math.nan for k in SCORE_PARTS},
+        "baselines": {k: {"auroc": image_auroc(y, test[k]),
+                          "auprc": float(average_precision_score(y, test[k])) if both else math.nan}
+                      for k in BASELINES if k in test},
         "threshold": threshold,
         "at_threshold": classification_at_threshold(y, test["score"], threshold),
         "anomaly_class": cfg.anomaly_class,
@@ -101,8 +118,10 @@ def run_cifar(cfg: CifarConfig, data: Optional[Tuple[LabelledImages, LabelledIma
     return run, metrics
 
 
-SUMMARY_COLUMNS = ("anomaly_class", "class_name", "auroc", "auprc", "auroc_l1", "auroc_patch",
-                   "auroc_latent", "n_train_normal", "n_train_anomalous", "n_test", "seconds_per_epoch")
+SUMMARY_COLUMNS = ("anomaly_class", "class_name", "auroc", "auroc_knn", "auroc_logistic", "auprc",
+                   *(f"auroc_{k}" for k in SCORE_PARTS), "n_train_normal", "n_train_anomalous", "n_test",
+                   "seconds_per_epoch")
+MEAN_COLUMNS = ("auroc", "auroc_knn", "auroc_logistic", "auprc", *(f"auroc_{k}" for k in SCORE_PARTS))
 
 
 def run_all_classes(cfg: CifarConfig, classes: Optional[Sequence[Union[int, str]]] = None) -> List[Dict[str, Any]]:
@@ -110,7 +129,7 @@ def run_all_classes(cfg: CifarConfig, classes: Optional[Sequence[Union[int, str]
 
     Writes `run_root(cfg)/summary.csv` and `summary.json` (rewritten after every class, so a
     stopped run keeps what it finished). Returns the rows, one per class plus a last "mean" row
-    (mean of auroc, auprc and the part AUROCs).
+    (mean of auroc, the floors' AUROCs (auroc_knn, auroc_logistic), auprc and the part AUROCs).
     """
     data = load_classification(cfg.dataset, cfg.data_root, image_size=cfg.image_size, download=cfg.download)
     classes = list(range(len(list_classes(cfg.dataset, cfg.data_root)))) if classes is None else list(classes)
@@ -119,6 +138,7 @@ def run_all_classes(cfg: CifarConfig, classes: Optional[Sequence[Union[int, str]
         _, m = run_cifar(dataclasses.replace(cfg, anomaly_class=c), data=data)
         rows.append({"anomaly_class": c, "class_name": m["class_name"], "auroc": m["auroc"],
                      "auprc": m["auprc"], **{f"auroc_{k}": m["auroc_parts"][k] for k in SCORE_PARTS},
+                     **{f"auroc_{k}": m["baselines"].get(k, {}).get("auroc", math.nan) for k in BASELINES},
                      **{k: m[k] for k in ("n_train_normal", "n_train_anomalous", "n_test", "seconds_per_epoch")}})
         table = rows + [_mean_row(rows)]
         _write_table(table, run_root(cfg))
@@ -127,7 +147,7 @@ def run_all_classes(cfg: CifarConfig, classes: Optional[Sequence[Union[int, str]
 
 def _mean_row(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
     mean = {"anomaly_class": "mean", "class_name": ""}
-    for k in ("auroc", "auprc", "auroc_l1", "auroc_patch", "auroc_latent"):
+    for k in MEAN_COLUMNS:
         mean[k] = float(np.nanmean([r[k] for r in rows])) if rows else math.nan
     return mean
 
@@ -165,6 +185,17 @@ def plot_loss_curves(history: Sequence[Dict[str, Any]]) -> Figure:
     return fig
 
 
+def plot_test_roc(metrics: Dict[str, Any], test: Dict[str, np.ndarray]) -> Figure:
+    """Test ROC curves of the combined score, each score part and the raw-pixel floors
+    (`evaluate_cifar`'s metrics and its scores["test"])."""
+    y = test["labels"]
+    curves = {"score": (*roc_points(y, test["score"]), metrics["auroc"])}
+    curves.update({k: (*roc_points(y, test[k]), metrics["auroc_parts"][k]) for k in SCORE_PARTS if k in test})
+    curves.update({f"floor: pixel {k}": (*roc_points(y, test[k]), m["auroc"])
+                   for k, m in metrics.get("baselines", {}).items()})
+    return plot_roc_curves(curves, title="test ROC: the model, its score parts and the raw-pixel floors")
+
+
 def plot_reconstructions(model: DualReconstructionModel, images: torch.Tensor, title: str, n: int = 8) -> Figure:
     """The first `n` of uint8 `images` (N, 3, H, W) (top row) above their reconstructions."""
     x, x_hat = reconstruct(model, images[:n])
@@ -173,4 +204,4 @@ def plot_reconstructions(model: DualReconstructionModel, images: torch.Tensor, t
 
 
 __all__ = ["score_images", "combine_scores", "reconstruct", "evaluate_cifar", "save_metrics", "run_cifar",
-           "run_all_classes", "SUMMARY_COLUMNS", "plot_loss_curves", "plot_reconstructions"]
+           "run_all_classes", "SUMMARY_COLUMNS", "plot_loss_curves", "plot_test_roc", "plot_reconstructions"]

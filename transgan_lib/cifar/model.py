@@ -1,12 +1,16 @@
 """Encoder -> TransGAN generator -> encoder, plus two discriminators (imbalanced CIFAR-10 setting).
 
 Shape letters: B batch, C = 3 channels, H, W image size, S encoder input size, F pooled ResNet
-feature size (2048 for ResNet50, 512 for ResNet18), L latent size.
+feature size (2048 for ResNet50, 512 for ResNet18, 256 for the small convnet), L latent size.
 
-* `ResNetFeatures`: torchvision's ImageNet ResNet (50 or 18) without its classifier. Inputs in
+* `ResNetFeatures`: torchvision's ImageNet ResNet (50 or 18) without its classifier, or the
+  `small_convnet` of the `tiny` preset (random weights, always trained). Inputs in
   [-1, 1] are mapped to [0, 1], resized to S x S and normalised with the ImageNet mean/std, as the
-  ResNet expects. Frozen by default (eval mode, requires_grad False: BatchNorm statistics never
-  move); `trainable=True` fine-tunes it.
+  ResNet expects. Frozen when `trainable=False` (eval mode, requires_grad False: BatchNorm
+  statistics never move); `trainable=True` trains it (the default for random weights, see
+  `CifarConfig.finetune_encoder`). A trainable trunk updates its BatchNorm statistics from real
+  images only: E2's pass over reconstructions runs it in eval mode (otherwise the statistics used at
+  scoring time would be a mixture of images and reconstructions).
 * `DualReconstructionModel`: E1 = trunk + `to_latent` head maps x to z; the TransGAN generator
   maps z to x_hat; E2 = the *same* trunk + its own `to_latent_rec` head maps x_hat back to z_rec
   (GANomaly's second encoder). Sharing the frozen trunk costs no parameters; the two heads are
@@ -34,7 +38,19 @@ FEATURE_EXTRACTORS: Dict[str, Tuple[str, str, int]] = {
     # name: (torchvision builder, weights enum member, pooled feature size)
     "resnet50": ("resnet50", "ResNet50_Weights.IMAGENET1K_V2", 2048),
     "resnet18": ("resnet18", "ResNet18_Weights.IMAGENET1K_V1", 512),
+    "convnet": ("", "", 256),  # `small_convnet`: no pretrained weights; trained with the model
 }
+
+
+def small_convnet(input_size: int, width: int = 32) -> nn.Sequential:
+    """A DCGAN-style encoder trunk for small images, (B, 3, S, S) -> (B, 8 width, 1, 1), S a multiple
+    of 8: three stride-2 convolutions down to S/8, then one S/8 x S/8 convolution (every position
+    kept, unlike a ResNet whose stem quarters a 32 px image at once). The `tiny` preset's encoder."""
+    def down(cin, cout):
+        return [nn.Conv2d(cin, cout, 4, 2, 1, bias=False), nn.BatchNorm2d(cout), nn.LeakyReLU(0.2)]
+    return nn.Sequential(nn.Conv2d(3, width, 3, 1, 1), nn.LeakyReLU(0.2), *down(width, 2 * width),
+                         *down(2 * width, 4 * width), *down(4 * width, 8 * width),
+                         nn.Conv2d(8 * width, 8 * width, input_size // 8), nn.LeakyReLU(0.2))
 
 
 class EncoderWeightsError(RuntimeError):
@@ -68,8 +84,11 @@ class ResNetFeatures(nn.Module):
     def __init__(self, *, arch: str = "resnet50", pretrained: bool = True, input_size: int = 224,
                  trainable: bool = False):
         super().__init__()
-        resnet = load_resnet(arch, pretrained)
-        self.trunk = nn.Sequential(*list(resnet.children())[:-1])  # drop fc; ends with avgpool
+        if arch == "convnet":
+            self.trunk = small_convnet(input_size)
+        else:
+            resnet = load_resnet(arch, pretrained)
+            self.trunk = nn.Sequential(*list(resnet.children())[:-1])  # drop fc; ends with avgpool
         self.out_dim = FEATURE_EXTRACTORS[arch][2]
         self.input_size = int(input_size)
         self.trainable = bool(trainable)
@@ -84,13 +103,20 @@ class ResNetFeatures(nn.Module):
             self.trunk.eval()  # frozen: BatchNorm keeps its ImageNet statistics
         return self
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, *, update_stats: bool = True) -> torch.Tensor:
+        """`update_stats=False`: BatchNorm uses (and keeps) its running statistics even in training."""
         x = (x + 1.0) / 2.0  # [-1, 1] -> [0, 1]
         if x.shape[-1] != self.input_size or x.shape[-2] != self.input_size:
             x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear",
                               align_corners=False)  # (B, 3, S, S)
         x = (x - self.mean) / self.std
-        return self.trunk(x).flatten(1)  # (B, F, 1, 1) -> (B, F)
+        if update_stats or not self.trunk.training:
+            return self.trunk(x).flatten(1)  # (B, F, 1, 1) -> (B, F)
+        self.trunk.eval()
+        try:
+            return self.trunk(x).flatten(1)
+        finally:
+            self.trunk.train()
 
 
 def _latent_head(in_dim: int, hidden: int, latent_dim: int) -> nn.Sequential:
@@ -118,8 +144,9 @@ class DualReconstructionModel(nn.Module):
         return self.to_latent(f)
 
     def encode_reconstruction(self, x_hat: torch.Tensor) -> torch.Tensor:
-        """E2: reconstructions (B, 3, H, W) -> z_rec (B, L); gradients reach x_hat through the trunk."""
-        return self.to_latent_rec(self.features(x_hat))
+        """E2: reconstructions (B, 3, H, W) -> z_rec (B, L); gradients reach x_hat through the trunk,
+        whose BatchNorm statistics stay those of real images."""
+        return self.to_latent_rec(self.features(x_hat, update_stats=False))
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         """x (B, 3, H, W) -> {"z": (B, L), "x_hat": (B, 3, H, W), "z_rec": (B, L)}."""
@@ -128,7 +155,7 @@ class DualReconstructionModel(nn.Module):
         return {"z": z, "x_hat": x_hat, "z_rec": self.encode_reconstruction(x_hat)}
 
     def trainable_parameters(self):
-        """Parameters the generator optimizer updates (trunk only when fine-tuning)."""
+        """Parameters the generator optimizer updates (the trunk only when trainable)."""
         return [p for p in self.parameters() if p.requires_grad]
 
 

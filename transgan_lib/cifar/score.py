@@ -1,10 +1,22 @@
 """Anomaly scores of the dual-discriminator model (used by training for its per-epoch validation AUROC,
-and by `cifar.evaluate`).
+and by `cifar.evaluate`), and the raw-pixel floors shown beside them.
 
-Shape letters: N images, H, W image size.
+Shape letters: N images, H, W image size, L latent size, D = 3 H W pixel values.
 
-Per image the L1 error, the top-k patch error and the latent error (`score_images`), each standardised
-with the mean/std of the *validation normals* and summed with `score_weights` (`combine_scores`).
+Score parts per image (`score_images`), higher = more anomalous:
+
+* ``l1``, ``patch``: the reconstruction's mean and top-k patch errors |x - G(E1(x))|;
+* ``latent``: ||E1(x) - E2(G(E1(x)))||^2 / L (GANomaly's encoder error);
+* ``nearest``: the distance of E1(x) to the nearest E1 code of the training normals (`latent_bank`):
+  how far the learned latent puts an image from every normal it was trained on;
+* ``d_anomalous``: D_anomalous' logit on x (it was trained to call real labelled anomalies real).
+
+Each part is standardised with the mean/std of the *validation normals* and the parts are summed with
+`score_weights` (`combine_scores`); parts with weight 0 are still reported (`auroc_parts`).
+
+Floors (`pixel_baselines`), on raw pixels of the same test images: ``knn`` (distance to the nearest
+training normal) and ``logistic`` (logistic regression on the training normals and the labelled
+anomalies, balanced class weights: the semi-supervised floor).
 """
 from __future__ import annotations
 
@@ -12,6 +24,8 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.neighbors import NearestNeighbors
 
 from ..metrics import image_auroc
 from . import losses as L
@@ -19,35 +33,74 @@ from .config import SCORE_PARTS, CifarConfig
 from .data import AnomalySplit, to_float
 from .model import DualReconstructionModel
 
+BANK_MAX = 10_000  # at most this many training normals (seeded subset) in the latent bank and the floors
+BASELINES = ("knn", "logistic")
+
+
+def training_normals(split: AnomalySplit, n_max: int = BANK_MAX, seed: int = 0) -> torch.Tensor:
+    """The training normals (uint8 (N, 3, H, W)), a seeded subset of `n_max` if there are more."""
+    normals = split.train_images[split.train_labels == 0]
+    if normals.shape[0] <= n_max:
+        return normals
+    keep = torch.randperm(normals.shape[0], generator=torch.Generator().manual_seed(seed))[:n_max]
+    return normals[keep.sort().values]
+
 
 @torch.no_grad()
-def score_images(model: DualReconstructionModel, images: torch.Tensor, cfg: CifarConfig,
-                 device: Optional[torch.device] = None, batch_size: int = 256) -> Dict[str, np.ndarray]:
-    """Per-image score parts {"l1", "patch", "latent"}: (N,) numpy arrays, higher = more anomalous.
-
-    images: uint8 (N, 3, H, W). The model is put in eval mode for scoring and restored after.
-    """
+def latent_bank(model: DualReconstructionModel, images: torch.Tensor, device: Optional[torch.device] = None,
+                batch_size: int = 256) -> torch.Tensor:
+    """E1 codes (N, L) of uint8 `images` (N, 3, H, W), in eval mode (restored after), on `device`."""
     device = device or next(model.parameters()).device
     was_training = model.training
     model.eval()
+    codes = [model.encode(to_float(images[i:i + batch_size].to(device))).float()
+             for i in range(0, images.shape[0], batch_size)]
+    model.train(was_training)
+    return torch.cat(codes) if codes else torch.zeros(0, 1, device=device)
+
+
+@torch.no_grad()
+def score_images(model: DualReconstructionModel, images: torch.Tensor, cfg: CifarConfig,
+                 device: Optional[torch.device] = None, batch_size: int = 256, *,
+                 bank: Optional[torch.Tensor] = None,
+                 d_anomalous: Optional[torch.nn.Module] = None) -> Dict[str, np.ndarray]:
+    """Per-image score parts: (N,) numpy arrays, higher = more anomalous (see module doc).
+
+    images: uint8 (N, 3, H, W). "l1", "patch", "latent" always; "nearest" with `bank` (the
+    training normals' codes, (M, L)); "d_anomalous" with the discriminator. The modules are put in
+    eval mode for scoring and restored after.
+    """
+    device = device or next(model.parameters()).device
+    modules = [m for m in (model, d_anomalous) if m is not None]
+    modes = [m.training for m in modules]
+    for m in modules:
+        m.eval()
     parts: Dict[str, List[torch.Tensor]] = {k: [] for k in SCORE_PARTS}
     for i in range(0, images.shape[0], batch_size):
         x = to_float(images[i:i + batch_size].to(device))  # (b, 3, H, W)
         out = model(x)
-        x_hat = out["x_hat"].float()
+        x_hat, z = out["x_hat"].float(), out["z"].float()
         parts["l1"].append(L.per_image_l1(x, x_hat))
         parts["patch"].append(L.per_image_patch_error(x, x_hat, cfg.patch_size, cfg.patch_top_k))
-        parts["latent"].append(L.per_image_latent_error(out["z"].float(), out["z_rec"].float()))
-    model.train(was_training)
-    return {k: torch.cat(v).cpu().double().numpy() if v else np.zeros(0) for k, v in parts.items()}
+        parts["latent"].append(L.per_image_latent_error(z, out["z_rec"].float()))
+        if bank is not None:
+            parts["nearest"].append(torch.cdist(z, bank.to(z)).min(dim=1).values)  # (b, M) -> (b,)
+        if d_anomalous is not None:
+            parts["d_anomalous"].append(d_anomalous(x).float().flatten())
+    for m, mode in zip(modules, modes):
+        m.train(mode)
+    return {k: torch.cat(v).cpu().double().numpy() for k, v in parts.items() if v}
 
 
 def combine_scores(parts: Dict[str, np.ndarray], reference: Dict[str, np.ndarray],
                    weights: Dict[str, float]) -> np.ndarray:
     """Weighted sum of the parts, each standardised by the mean/std of `reference` (validation
-    normals' parts): (N,) scores on a common scale whatever the parts' units."""
+    normals' parts): (N,) scores on a common scale whatever the parts' units. Parts with weight 0
+    (or missing from `weights`) are left out."""
     total = np.zeros_like(next(iter(parts.values())))
     for name, w in weights.items():
+        if w == 0:
+            continue
         mu, sd = float(np.mean(reference[name])), float(np.std(reference[name]))
         total = total + w * (parts[name] - mu) / max(sd, 1e-12)
     return total
@@ -58,15 +111,37 @@ def select_parts(parts: Dict[str, np.ndarray], keep: np.ndarray) -> Dict[str, np
     return {k: v[keep] for k, v in parts.items()}
 
 
-def validation_auroc(model: DualReconstructionModel, split: AnomalySplit, cfg: CifarConfig
-                     ) -> Tuple[float, Optional[float]]:
+def validation_auroc(model: DualReconstructionModel, split: AnomalySplit, cfg: CifarConfig,
+                     d_anomalous: Optional[torch.nn.Module] = None) -> Tuple[float, Optional[float]]:
     """(mean L1 of validation normals, validation AUROC or None without validation anomalies)."""
     labels = split.val_labels.numpy()
-    parts = score_images(model, split.val_images, cfg)
+    bank = latent_bank(model, training_normals(split, seed=cfg.seed))
+    parts = score_images(model, split.val_images, cfg, bank=bank, d_anomalous=d_anomalous)
     normal = select_parts(parts, labels == 0)
     if not (labels == 1).any():
         return float(normal["l1"].mean()), None
     return float(normal["l1"].mean()), image_auroc(labels, combine_scores(parts, normal, cfg.score_weights))
 
 
-__all__ = ["score_images", "combine_scores", "select_parts", "validation_auroc"]
+def pixel_baselines(split: AnomalySplit, seed: int = 0) -> Dict[str, np.ndarray]:
+    """Raw-pixel floors on the test images: {"knn", "logistic"} -> (N,) scores (see module doc).
+
+    Both see the training normals (a seeded subset of `BANK_MAX` if more); "logistic" also the
+    labelled training anomalies (none: it is left out).
+    """
+    normals = training_normals(split, seed=seed)
+    flat_n = to_float(normals).flatten(1).numpy()  # (M, D)
+    test = to_float(split.test_images).flatten(1).numpy()  # (N, D)
+    dist, _ = NearestNeighbors(n_neighbors=1).fit(flat_n).kneighbors(test)
+    out = {"knn": dist[:, 0].astype(np.float64)}
+    anomalies = to_float(split.train_images[split.train_labels == 1]).flatten(1).numpy()
+    if anomalies.shape[0]:
+        X = np.concatenate([flat_n, anomalies])
+        y = np.r_[np.zeros(flat_n.shape[0]), np.ones(anomalies.shape[0])]
+        clf = LogisticRegression(class_weight="balanced", max_iter=1000).fit(X, y)
+        out["logistic"] = clf.decision_function(test).astype(np.float64)
+    return out
+
+
+__all__ = ["BANK_MAX", "BASELINES", "training_normals", "latent_bank", "score_images", "combine_scores",
+           "select_parts", "validation_auroc", "pixel_baselines"]

@@ -8,9 +8,12 @@ One training step (`train_step`):
   2. update D_normal (real normals vs reconstructions of normals) and D_anomalous (real labelled
      anomalies vs their reconstructions), each with its own hinge (default) or BCE loss - no
      gradient penalty, so no double backward through the ViT discriminators;
-  3. update G and both encoder heads (and the ResNet trunk only when `finetune_encoder`) with the
+  3. update G and both encoder heads (and the encoder trunk when `finetune_encoder`) with the
      weighted sum of the six losses of `cifar.losses`. The latent loss compares E2(G(z)) with
      E1(x) detached: E2 learns to invert G, and E1 cannot shrink its latents to cheat the loss.
+After every step an EMA of the reconstruction model (E1, G, E2; `gan.stack.build_ema` with warm-up,
+decay `ema_decay`) is updated; it scores (`CifarRun.scoring_model`): the raw weights swing from step to
+step, and so did the scores measured on validation data.
 Batches: every epoch walks once over the normals in a seeded random order; each step also draws
 `anomaly_batch_size` labelled anomalies *with replacement*, so every step sees some although they
 are few (5 % of one class by default).
@@ -34,6 +37,7 @@ from tqdm.auto import tqdm
 
 from ..gan.stack import (
     build_checkpoint,
+    build_ema,
     check_resume,
     epoch_seed,
     grad_scaler,
@@ -82,6 +86,20 @@ class CifarRun:
     history: List[Dict[str, Any]]
     device: torch.device
     run_dir: Path
+    ema: Optional[torch.nn.Module] = None  # AveragedModel of models.model
+
+    @property
+    def scoring_model(self) -> DualReconstructionModel:
+        """The network that scores: the EMA of the reconstruction model (the model itself without one)."""
+        return self.models.model if self.ema is None else self.ema.module
+
+
+def update_ema(ema: torch.nn.Module, model: DualReconstructionModel) -> None:
+    """One EMA update of `ema` (an AveragedModel of `model`); buffers (BatchNorm statistics) are copied."""
+    ema.update_parameters(model)
+    with torch.no_grad():
+        for mine, theirs in zip(ema.module.buffers(), model.buffers()):
+            mine.copy_(theirs)
 
 
 # ----------------------------------------------------------------------------- set-up
@@ -166,7 +184,7 @@ def train_step(models: CifarModels, opts: CifarOptimizers, x_n: torch.Tensor, x_
 # ----------------------------------------------------------------------------- checkpoints
 def _stateful(run: CifarRun, opts: CifarOptimizers, scaler) -> Dict[str, Any]:
     """What a checkpoint holds the state dicts of, by key."""
-    return {**dict(zip(MODEL_KEYS, run.models)), **dict(zip(OPTIMIZER_KEYS, opts)), "scaler": scaler}
+    return {**dict(zip(MODEL_KEYS, run.models)), "ema": run.ema, **dict(zip(OPTIMIZER_KEYS, opts)), "scaler": scaler}
 
 
 def read_cifar_checkpoint(path: PathLike) -> Dict[str, Any]:
@@ -188,8 +206,9 @@ def _resume(run: CifarRun, opts: CifarOptimizers, scaler, path: Path) -> int:
     ckpt = read_cifar_checkpoint(path)
     check_resume(CifarConfig.from_dict(ckpt["config"]).to_dict(), run.cfg, path)
     objects = _stateful(run, opts, scaler)
-    if "scaler" not in ckpt:  # written before the shared stack: no scaler state (nor RNG states)
-        del objects["scaler"]
+    for key in ("scaler", "ema"):  # written before the shared stack (no scaler, RNG states) or the EMA
+        if key not in ckpt:
+            del objects[key]
     restore_checkpoint(ckpt, objects)
     run.history[:] = ckpt["history"]
     return int(ckpt["epoch"])
@@ -217,6 +236,7 @@ def _train_epoch(run: CifarRun, opts: CifarOptimizers, epoch: int, amp_dtype, sc
         pick = torch.randint(max(anomalies.shape[0], 1), (ba,), generator=g).to(device)
         out = train_step(run.models, opts, to_float(normals[order[start:start + cfg.batch_size]]),
                          to_float(anomalies[pick]), cfg, amp_dtype=amp_dtype, scaler=scaler)
+        update_ema(run.ema, run.models.model)
         for k, v in out.items():
             sums[k] = sums.get(k, 0.0) + v
         if i % 20 == 0:
@@ -242,7 +262,8 @@ def train_cifar(cfg: CifarConfig, split: Optional[AnomalySplit] = None,
     opts = build_optimizers(models, cfg)
     amp_dtype = autocast_dtype(device, cfg.amp)
     scaler = grad_scaler(device, amp_dtype)
-    run = CifarRun(cfg=cfg, models=models, split=split, history=[], device=device, run_dir=run_dir(cfg))
+    run = CifarRun(cfg=cfg, models=models, split=split, history=[], device=device, run_dir=run_dir(cfg),
+                   ema=build_ema(models.model, cfg.ema_decay))
     path = run_files(cfg).checkpoint
     start = _resume(run, opts, scaler, path) if cfg.resume and path.is_file() else 0
     for m in models:
@@ -251,7 +272,7 @@ def train_cifar(cfg: CifarConfig, split: Optional[AnomalySplit] = None,
         t0 = time.perf_counter()
         row: Dict[str, Any] = {"epoch": epoch, **_train_epoch(run, opts, epoch, amp_dtype, scaler)}
         row["seconds"] = time.perf_counter() - t0
-        row["val_l1_normal"], row["val_auroc"] = validation_auroc(models.model, split, cfg)
+        row["val_l1_normal"], row["val_auroc"] = validation_auroc(run.scoring_model, split, cfg, models.d_anomalous)
         run.history.append(row)
         if epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs:
             _save(run, opts, scaler, epoch, path)
@@ -260,15 +281,20 @@ def train_cifar(cfg: CifarConfig, split: Optional[AnomalySplit] = None,
 
 def load_cifar_checkpoint(path: Union[str, Path], device: str = "cpu") -> Tuple[CifarConfig, CifarModels, list]:
     """(config, models in eval mode on `device`, history) from a checkpoint of `train_cifar`; works
-    offline (the ResNet weights are inside). Errors: as `read_cifar_checkpoint`."""
+    offline (the ResNet weights are inside). `models.model` holds the scoring (EMA) weights when the
+    checkpoint has them (`CifarRun.scoring_model`). Errors: as `read_cifar_checkpoint`."""
     ckpt = read_cifar_checkpoint(path)
     cfg = CifarConfig.from_dict(ckpt["config"])
     models = build_cifar_models(dataclasses.replace(cfg, pretrained=False))
     load_state_dicts(ckpt, dict(zip(MODEL_KEYS, models)))
+    if "ema" in ckpt:
+        ema = build_ema(models.model, cfg.ema_decay)
+        ema.load_state_dict(ckpt["ema"])
+        models = models._replace(model=ema.module)
     for module in models:
         module.to(device).eval()
     return cfg, models, ckpt["history"]
 
 
-__all__ = ["KIND", "CifarModels", "CifarOptimizers", "CifarRun", "build_cifar_models", "build_optimizers",
+__all__ = ["KIND", "CifarModels", "CifarOptimizers", "CifarRun", "update_ema", "build_cifar_models", "build_optimizers",
            "load_split", "train_step", "train_cifar", "read_cifar_checkpoint", "load_cifar_checkpoint"]
