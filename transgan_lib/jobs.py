@@ -7,14 +7,17 @@ image AUROC of single runs spreads by several points between seeds and between m
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import sys
 import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
 from .metrics import SEED_SUMMARY_KEYS, summarize_seeds
 from .runs import run_paths, seed_output_dir, seed_summary_path
-from .utils import atomic_write_json
+from .utils import PROGRESS_ENV, atomic_write_json
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO_ROOT / "notebooks"
@@ -33,16 +36,41 @@ DEMO_PARAMETERS = {
 SEEDED = ("02_train_mvtec", "03_latent_mapping")  # the notebooks whose `seed` a seed sets
 
 
+@contextlib.contextmanager
+def environment_variable(name: str, value: str):
+    """Set $name to `value` inside the block (a kernel started there inherits it), then restore it."""
+    old = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old
+
+
 def run_notebook(name: str, out_dir: Path, parameters: dict, *, cwd: Path, progress: bool = True) -> Path:
-    """Execute notebooks/<name>.ipynb with papermill; the executed copy goes to out_dir."""
+    """Execute notebooks/<name>.ipynb with papermill; the executed copy goes to out_dir.
+
+    With `progress`, what the notebook prints is streamed to stdout as it runs, its progress as
+    whole lines (epoch, loss, search step, ETA: `utils.LineProgress`, chosen through
+    $TRANSGAN_PROGRESS, which the kernel inherits); without, the notebook shows no progress."""
     import papermill as pm
     src = NOTEBOOKS / f"{name}.ipynb"
     if not src.is_file():
         raise FileNotFoundError(f"{src} not found: run this command from a clone of the repository "
                                 "(the notebooks are not part of the installed package)")
+    out_dir.mkdir(parents=True, exist_ok=True)
     dst = out_dir / f"{name}.ipynb"
-    pm.execute_notebook(str(src), str(dst), parameters=parameters, cwd=str(cwd), kernel_name="python3",
-                        progress_bar=progress)
+    if progress:
+        print(f"--- {name}: running, executed copy {dst}", flush=True)
+    t0 = time.perf_counter()
+    with environment_variable(PROGRESS_ENV, "lines" if progress else "off"):
+        pm.execute_notebook(str(src), str(dst), parameters=parameters, cwd=str(cwd), kernel_name="python3",
+                            progress_bar=False, stdout_file=sys.stdout if progress else None)
+    if progress:
+        print(f"--- {name}: done in {time.perf_counter() - t0:.1f} s", flush=True)
     return dst
 
 
@@ -59,9 +87,7 @@ def run_demo(*, data_root: str = "data/mvtec_ad", output_dir: str = "runs", devi
         params = {**params, "category": category, "data_root": data_root, "output_dir": output_dir,
                   **({"seed": seed, "device": device} if name in SEEDED else {}),
                   **(overrides or {}).get(name, {})}
-        t0 = time.perf_counter()
-        path = run_notebook(name, paths.notebooks, params, cwd=Path.cwd(), progress=progress)
-        print(f"[{time.perf_counter() - t0:6.1f} s] executed {path}")
+        run_notebook(name, paths.notebooks, params, cwd=Path.cwd(), progress=progress)
     metrics = json.loads(paths.metrics.read_text())
     print(f"\n{category}, seed {seed}: finished in {time.perf_counter() - start:.0f} s (a demo, not a benchmark).")
     print(format_run(metrics))

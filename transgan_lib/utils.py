@@ -1,5 +1,5 @@
 """Small shared helpers: path type, ImageNet statistics, batch unpacking, device choice, seeding,
-autocast, atomic file writes."""
+autocast, atomic file writes, progress display."""
 from __future__ import annotations
 
 import contextlib
@@ -7,12 +7,15 @@ import json
 import os
 import platform
 import random
+import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Union
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 PathLike = Union[str, os.PathLike]
 # ImageNet normalisation of torchvision's pretrained networks (perceptual loss, CIFAR encoder)
@@ -116,3 +119,78 @@ def describe_device(device: torch.device) -> str:
     else:
         text += f" ({platform.processor() or platform.machine()})"
     return text + f", {torch.get_num_threads()} torch threads"
+
+
+# ----------------------------------------------------------------------------- progress
+PROGRESS_ENV = "TRANSGAN_PROGRESS"  # "bar" (tqdm), "lines" (LineProgress), "off"; unset: see progress_bar
+
+
+class LineProgress:
+    """Progress as whole lines on stdout (tqdm's counters, rate and ETA), for logs and for notebooks run
+    by papermill, whose streamed output cannot redraw a bar: `desc:  50% 605/1210 step [00:31 elapsed,
+    ETA 00:37, 16.19step/s, epoch=55, d_loss=0.112]`. A line is printed once `step` of the total
+    has passed since the last one (but not within `min_interval` s of it), after `max_interval` s
+    in any case, and at close. The subset of tqdm's interface this library uses."""
+
+    FORMAT = ("{desc}: {percentage:3.0f}% {n_fmt}/{total_fmt} {unit} "
+              "[{elapsed} elapsed, ETA {remaining}, {rate_fmt}{postfix}]")
+
+    def __init__(self, iterable=None, *, total: int | None = None, desc: str = "", unit: str = "it",
+                 initial: int = 0, step: float = 0.05, min_interval: float = 2.0, max_interval: float = 60.0, **_):
+        self.iterable, self.desc, self.unit, self.disable = iterable, desc or "progress", unit, False
+        self.total = len(iterable) if total is None and hasattr(iterable, "__len__") else total
+        self.n = self.initial = self.printed_n = initial
+        self.step, self.min_interval, self.max_interval = step, min_interval, max_interval
+        self.start = self.printed_t = time.monotonic()
+        self.postfix = ""
+
+    def __iter__(self):
+        for item in self.iterable:
+            yield item
+            self.update(1)
+        self.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def set_postfix(self, refresh: bool = True, **values) -> None:
+        self.postfix = ", ".join(f"{k}={v}" for k, v in values.items())
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        now = time.monotonic()
+        due = self.total and self.n - self.printed_n >= self.step * self.total
+        if (due and now - self.printed_t >= self.min_interval) or now - self.printed_t >= self.max_interval:
+            self.print_line(now)
+
+    def print_line(self, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        fmt = self.FORMAT if self.total else "{desc}: {n_fmt} {unit} [{elapsed} elapsed, {rate_fmt}{postfix}]"
+        print(tqdm.format_meter(self.n, self.total, now - self.start, prefix=self.desc, unit=self.unit,
+                                bar_format=fmt, postfix=self.postfix or None, initial=self.initial), flush=True)
+        self.printed_n, self.printed_t = self.n, now
+
+    def close(self) -> None:
+        if not self.disable and self.n != self.printed_n:
+            self.print_line()
+        self.disable = True
+
+
+def progress_mode() -> str:
+    """$TRANSGAN_PROGRESS if set, else "bar" in a terminal or Jupyter, "lines" elsewhere (a log file)."""
+    mode = os.environ.get(PROGRESS_ENV, "")
+    if mode in ("bar", "lines", "off"):
+        return mode
+    return "bar" if "ipykernel" in sys.modules or sys.stderr.isatty() else "lines"
+
+
+def progress_bar(iterable=None, *, disable: bool = False, **kwargs):
+    """A progress display for a loop: tqdm's bar (terminal, Jupyter) or `LineProgress` (logs, papermill
+    runs), chosen by `progress_mode`; `disable` or mode "off": none. Takes tqdm's arguments."""
+    mode = "off" if disable else progress_mode()
+    if mode == "lines":
+        return LineProgress(iterable, **kwargs)
+    return tqdm(iterable, disable=mode == "off", **kwargs)

@@ -24,7 +24,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
-from tqdm.auto import tqdm
 
 from ..config import ConfigError, EncoderConfig
 from ..gan.stack import grad_scaler, optimizer_step
@@ -36,6 +35,7 @@ from ..utils import (
     autocast,
     autocast_dtype,
     batch_images,
+    progress_bar,
     resolve_device,
 )
 from .mapping import frozen
@@ -162,7 +162,7 @@ def train_encoder(G: nn.Module, D: nn.Module, train_images_or_loader: Images, *,
     keys = ["epoch", "train_loss", "train_image_mse", "train_feature_mse", "seconds"]
     history: Dict[str, list] = {k: [] for k in keys + (["val_loss"] if val_loader is not None else [])}
     with frozen(G, D):
-        for epoch in tqdm(range(1, epochs + 1), desc="encoder", disable=not progress, unit="epoch"):
+        for epoch in progress_bar(range(1, epochs + 1), desc="encoder", disable=not progress, unit="epoch"):
             start = time.perf_counter()
             means = _train_epoch(G, D, E, train_loader, opt, scaler, kappa, device, amp_dtype)
             for key, value in zip(keys, [epoch, *means, time.perf_counter() - start]):

@@ -200,3 +200,33 @@ def plot_heatmap_grid(arrays: Dict[str, object], n: int = 8) -> Figure:
         axes[row, 0].text(-0.1, 0.5, name, transform=axes[row, 0].transAxes, rotation=90, va="center", ha="right")
     fig.tight_layout()
     return fig
+
+
+def plot_benchmark(rows: Sequence[dict]) -> Figure:
+    """The benchmark's rows (`benchmark.table_rows`) as bars: image AUROC, pixel AUROC and AUPRO per
+    category and their mean, one panel per method, the best floor's image AUROC as a black tick."""
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    per_method = max(1, len(rows) // len(methods))
+    fig = Figure(figsize=(max(6.0, 0.8 * per_method + 2), 3.4 * len(methods)))
+    axes = fig.subplots(len(methods), 1, squeeze=False).ravel()
+    keys = (("image_auroc", "image AUROC"), ("pixel_auroc", "pixel AUROC"), ("aupro", "AUPRO"))
+    for ax, method in zip(axes, methods):
+        mine = [r for r in rows if r["method"] == method]
+        x = np.arange(len(mine))
+        for j, (key, label) in enumerate(keys):
+            ax.bar(x + (j - 1) * 0.27, [np.nan if r.get(key) is None else r[key] for r in mine], width=0.27,
+                   label=label)
+        floors = [max((v for k, v in r.items() if k.endswith("_image_auroc") and k != "image_auroc" and v is not None),
+                      default=np.nan) for r in mine]
+        ax.scatter(x - 0.27, floors, marker="_", s=250, color="k", zorder=3, label="best floor (image AUROC)")
+        labels = [r["category"] + ("\n(failed)" if r.get("error") else "") for r in mine]
+        ax.set_xticks(x, labels, fontsize=8, rotation=30 if len(mine) > 8 else 0)
+        ax.axhline(0.5, color="grey", lw=0.8, ls=":")
+        ax.set_ylim(0, 1.25)  # the top band holds the legend
+        ax.set_yticks(np.linspace(0, 1, 6))
+        ax.set_ylabel("score")
+        ax.set_title(f"method: {method}")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].legend(fontsize=7, ncol=4, loc="upper center")
+    fig.tight_layout()
+    return fig
