@@ -1,7 +1,9 @@
-"""Command line: `python -m transgan_lib {demo,train,score} ...`.
+"""Command line: `python -m transgan_lib {demo,benchmark,train,score} ...`.
 
 - demo:  the main job (`jobs.py`). Runs notebooks 02 (train) -> 03 (latent mapping) -> 04 (heatmaps,
          metrics) with papermill on an embedded demo category, for one seed or `--seeds N` (mean ± std).
+- benchmark: notebooks 02 -> 03 -> 04 on every category (`benchmark.py`): resumable, one row per
+         category and method beside the floors, results.{csv,md,png} under --output-dir.
 - train: train a TransGAN on one MVTec-layout category (see `transgan_lib.train`; works under torchrun).
 - score: score a folder of new images with a trained checkpoint: a CSV of scores and decisions and
          a heatmap PNG per image, every setting (search, map kind, threshold) from the evaluated
@@ -12,6 +14,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import shlex
 import sys
 import warnings
 from pathlib import Path
@@ -105,13 +108,25 @@ def build_parser() -> argparse.ArgumentParser:
                       help="demo_holdout: the held-out demo surface no setting was tuned on")
     demo.add_argument("--seeds", type=int, default=1,
                       help="run seeds 0..N-1 (under <output-dir>/seeds/<k>/) and report mean ± std over them")
+    bench = sub.add_parser("benchmark", help="notebooks 02 -> 03 -> 04 on every category, one results table")
+    bench.add_argument("--categories", default="mvtec",
+                       help="'mvtec' (the 15 MVTec AD categories, default), 'all' (every folder under "
+                            "--data-root) or a comma-separated list (demo, demo_holdout are built on the fly)")
+    bench.add_argument("--data-root", default="data/mvtec_ad")
+    bench.add_argument("--output-dir", default="runs/benchmark")
+    bench.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                       help="a notebook parameter, passed to every notebook (02/03/04) that has it; "
+                            "values read as papermill's -p reads them")
+    bench.add_argument("--methods", default="iterative",
+                       help="comma-separated mapping methods (iterative, encoder, hybrid), one row each")
     sub.add_parser("train", help="train a TransGAN (arguments: python -m transgan_lib train --help)",
                    add_help=False)
     score = sub.add_parser("score", help="score a folder of new images with a trained checkpoint")
     score.add_argument("--checkpoint", required=True, help="<output_dir>/<category>/checkpoint.pt")
     score.add_argument("--images", required=True, help="folder of images (searched recursively)")
     score.add_argument("--out", required=True, help="folder for scores.csv and heatmaps")
-    score.add_argument("--method", default="iterative", choices=["iterative", "encoder", "hybrid"])
+    score.add_argument("--method", default="iterative", choices=["iterative", "encoder", "hybrid", "restore"],
+                       help="restore: the restorer (restorer.pt in the run folder), one pass per image")
     score.add_argument("--iterations", type=int, default=None,
                        help="default: the evaluated run's (mapping_<method>.pt), else 1000 iterative, 100 hybrid")
     score.add_argument("--restarts", type=int, default=None, help="default: the evaluated run's, else 1")
@@ -119,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="prior codes screened per image (default: the evaluated run's, else 0)")
     score.add_argument("--lambda", dest="lambda_", type=float, default=None,
                        help="weight of the feature term (default: the evaluated run's)")
-    score.add_argument("--map-kind", default=None, choices=list(MAP_KINDS),
+    score.add_argument("--map-kind", default=None, choices=list(MAP_KINDS) + ["defect"],
                        help="anomaly map (default: the evaluated run's, else residual)")
     score.add_argument("--sigma", type=float, default=None,
                        help="Gaussian smoothing of the map (default: the evaluated run's, else 4)")
@@ -145,5 +160,14 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             run_demo_seeds(seeds=args.seeds, **kwargs)
         else:
             run_demo(**kwargs)
+    elif args.command == "benchmark":
+        from .benchmark import BenchmarkError, parse_value, run_benchmark
+        try:
+            run_benchmark(categories=args.categories, data_root=args.data_root, output_dir=args.output_dir,
+                          overrides={name: parse_value(value) for name, value in args.parameter},
+                          methods=[m.strip() for m in args.methods.split(",") if m.strip()],
+                          command="python -m transgan_lib " + shlex.join(argv))
+        except BenchmarkError as error:
+            raise SystemExit(f"benchmark: {error}") from None
     elif args.command == "score":
         score_folder(args)

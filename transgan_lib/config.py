@@ -157,6 +157,10 @@ class TrainConfig(SavedConfig):
     checkpoint_every: int = 10
     num_workers: int = 0
     model: Dict[str, Any] = field(default_factory=dict)  # extra ModelConfig overrides
+    # "gan": TransGAN on normals (the study); "restore": the restorer on synthetic defects
+    # (`gan.restore`), whose settings are RestoreConfig fields overridden by `restore`
+    objective: str = "gan"
+    restore: Dict[str, Any] = field(default_factory=dict)  # RestoreConfig overrides
     # Fields that may change between a checkpoint and the run resuming it without a warning (`model`:
     # the architecture is checked on its own). A class attribute, not a field: it has no annotation.
     RESUME_FREE = ("epochs", "device", "num_workers", "sample_every", "checkpoint_every", "data_root",
@@ -167,17 +171,55 @@ class TrainConfig(SavedConfig):
             raise ConfigError(f"loss must be 'wgan-gp' or 'hinge', got {self.loss!r}")
         if self.n_critic < 1:
             raise ConfigError("n_critic must be >= 1")
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        self.restore_config()  # validate early
         self.model_config()  # validate early
 
     def model_config(self) -> ModelConfig:
         return ModelConfig(image_size=self.image_size, model_size=self.model_size,
                            latent_dim=self.latent_dim, **self.model)
 
+    def restore_config(self) -> "RestoreConfig":
+        return RestoreConfig.from_dict(self.restore)
+
+
+OBJECTIVES = ("gan", "restore")
+
+
+@dataclass
+class RestoreConfig(SavedConfig):
+    """The restorer objective (`TrainConfig.objective = "restore"`, `gan.restore`): its extra
+    architecture, synthetic defects and loss weights. Saved in the checkpoint's config ("restore")."""
+    enc_depth: int = 2  # transformer blocks of the image encoder
+    head_dim: int = 32  # width of the segmentation head
+    head_input: str = "both"  # what the head sees: "both" (input, restoration, |difference|) or "input"
+    l1_weight: float = 1.0  # restoration: L1 of the restoration against the normal image
+    ssim_weight: float = 1.0  # restoration: 1 - SSIM
+    adv_weight: float = 0.05  # the discriminator's judgement of the restorations
+    seg_weight: float = 1.0  # focal loss of the head's map against the defect mask
+    focal_gamma: float = 2.0  # 0: plain BCE
+    seg_detach: bool = True  # the head's loss does not reach the restorer
+    sources: str = "foreign,self,cutpaste,texture"  # synthetic defect sources (`data.synthetic`)
+    mask_kinds: str = "noise,strip,blob"
+    opacity_min: float = 0.5  # blending opacity drawn in [opacity_min, 1]
+    p_defect: float = 0.75  # fraction of training images given a defect (the rest stay normal)
+
+    def __post_init__(self):
+        if self.head_input not in ("both", "input"):
+            raise ConfigError(f"head_input must be 'both' or 'input', got {self.head_input!r}")
+        if self.enc_depth < 1 or self.head_dim < 1 or not 0 <= self.opacity_min <= 1 or not 0 < self.p_defect <= 1:
+            raise ConfigError(f"need enc_depth >= 1, head_dim >= 1, 0 <= opacity_min <= 1, 0 < p_defect <= 1; "
+                              f"got {self}")
+
 
 # Names shared by the mapping settings and the detection code (`detection.mapping`, `detection.maps`).
 MAPPING_METHODS = ("iterative", "encoder", "hybrid")
 FEATURE_KINDS = ("discriminator", "perceptual", "none")
 MAP_KINDS = ("residual", "shift_residual", "ssim", "msgms")
+# The restorer (`detection.restoration`): one pass, no latent search; its head's map is one more kind.
+RESTORE_METHOD = "restore"
+DEFECT_MAP_KIND = "defect"
 
 
 @dataclass
@@ -188,7 +230,7 @@ class MappingConfig(SavedConfig):
     read back from there by evaluation and scoring, so new images are scored exactly as the
     evaluated ones were.
     """
-    method: str = "iterative"  # one of MAPPING_METHODS
+    method: str = "iterative"  # one of MAPPING_METHODS, or RESTORE_METHOD (a trained restorer, one pass)
     iterations: Optional[int] = 1000  # as given; `detection.mapping.resolve_iterations` gives the steps run
     lambda_: float = 0.1  # weight of the feature term of the mapping loss
     feature: str = "discriminator"  # one of FEATURE_KINDS
@@ -198,14 +240,16 @@ class MappingConfig(SavedConfig):
     seed: int = 0  # base of the per-image initial codes and of the CutPaste copies
     lr: float = 0.01  # Adam step size on z
     synthetic_copies: int = 3  # CutPaste copies of each validation normal (map-kind choice)
-    map_kind: str = "auto"  # "auto" (chosen on validation normals and their copies) or one of MAP_KINDS
+    # "auto" (chosen on validation normals and their copies) or one of MAP_KINDS (or "defect": the
+    # restorer head's map, method "restore" only)
+    map_kind: str = "auto"
     sigma: float = 4.0  # Gaussian smoothing of the map, pixels
     threshold_q: float = 99.0  # decision threshold: this percentile of validation-normal scores
 
     def __post_init__(self):
-        for name, value, allowed in (("method", self.method, MAPPING_METHODS),
+        for name, value, allowed in (("method", self.method, MAPPING_METHODS + (RESTORE_METHOD,)),
                                      ("feature", self.feature, FEATURE_KINDS),
-                                     ("map_kind", self.map_kind, ("auto",) + MAP_KINDS)):
+                                     ("map_kind", self.map_kind, ("auto", DEFECT_MAP_KIND) + MAP_KINDS)):
             if value not in allowed:
                 raise ConfigError(f"MappingConfig.{name} must be one of {allowed}, got {value!r}")
         if self.method == "encoder" and self.restarts != 1:

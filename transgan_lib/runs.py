@@ -6,15 +6,20 @@ Users' scripts read these names, so they are an interface: add, never rename.
         checkpoint.pt                    GAN training state (resumable; `gan.checkpoint`)
         weights.pt                       its weights only (EMA G, D, configs): what scoring needs
         encoder.pt                       f-AnoGAN encoder of that GAN (`detection.encoder_training`)
+        restorer.pt                      restorer training state (objective "restore"; `gan.restore`)
         mapping_<method>.pt              latent mapping of validation/test images (`detection.pipeline`)
         mapping_<method>.json            notebook 03's summary
         metrics.json                     notebook 04's metrics
         history.{json,csv,png}           per-epoch training history
         samples_epoch_<NNNN>.png, samples_latest.png
         data_summary.json, train_summary.json
-        notebooks/<notebook>.ipynb       executed notebooks (the demo job)
+        train_config.json, train_log.txt the TrainConfig and log of a torchrun training (`launch`)
+        notebooks/<notebook>.ipynb       executed notebooks (the demo job; the benchmark: 02 there,
+                                         03 and 04 in notebooks/<method>/)
+        benchmark.json                   what the benchmark ran here: parameters, seconds, metrics per method
     <output_dir>/seeds/<k>/<category>/   the same, seed k of `demo --seeds N`;
     <output_dir>/seeds/<category>_summary.json   mean ± std over those seeds
+    <output_dir>/results.{csv,md,png,json}   the benchmark's table over categories (`benchmark`)
     <output_dir>/cifar/<anomaly_class>/  CIFAR runs (`cifar_one_class_normal/` for the inverse protocol)
         checkpoint.pt, metrics.json;     <output_dir>/cifar/summary.csv for all classes
 """
@@ -41,10 +46,14 @@ class RunPaths:
     checkpoint = _file("checkpoint.pt", "the GAN training state (resumable)")
     weights = _file("weights.pt", "the checkpoint's weights only (EMA G, D, configs), for scoring")
     encoder = _file("encoder.pt", "the f-AnoGAN encoder of that GAN")
+    restorer = _file("restorer.pt", "the restorer's training state (objective 'restore'; resumable)")
     metrics = _file("metrics.json", "notebook 04's metrics")
     data_summary = _file("data_summary.json", "notebook 01's data summary")
     train_summary = _file("train_summary.json", "notebook 02's last epoch")
+    train_config = _file("train_config.json", "the TrainConfig a torchrun training was launched with")
+    train_log = _file("train_log.txt", "the log of a torchrun training (`launch.train_distributed`)")
     notebooks = _file("notebooks", "the executed notebooks of the demo job")
+    benchmark = _file("benchmark.json", "the benchmark's record: parameters, seconds, metrics per method")
 
     @property
     def root(self) -> Path:
@@ -79,6 +88,11 @@ def seed_output_dir(output_dir: PathLike, seed: int) -> Path:
 def seed_summary_path(output_dir: PathLike, category: str) -> Path:
     """`<output_dir>/seeds/<category>_summary.json`: mean ± std over the seeds of a multi-seed job."""
     return Path(output_dir) / "seeds" / f"{category}_summary.json"
+
+
+def benchmark_results(output_dir: PathLike, suffix: str) -> Path:
+    """`<output_dir>/results.<suffix>` (csv, md, png, json): the benchmark's table over categories."""
+    return Path(output_dir) / f"results.{suffix}"
 
 
 def cifar_root(output_dir: PathLike, protocol: str = "one_vs_rest_anomaly") -> Path:

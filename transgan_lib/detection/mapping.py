@@ -33,12 +33,11 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..config import FEATURE_KINDS, MAPPING_METHODS, MappingConfig  # noqa: F401 (FEATURE_KINDS re-exported)
 from ..gan.stack import grad_scaler, optimizer_step
 from ..models.perceptual import PerceptualWeightsError, load_perceptual_net  # noqa: F401 (re-exported)
-from ..utils import autocast, autocast_dtype
+from ..utils import autocast, autocast_dtype, progress_bar
 from .latent import (  # noqa: F401 (re-exported: the search's building blocks)
     FeatureFn,
     frozen,
@@ -66,6 +65,7 @@ class MappingResult:
     = after the last update), of the restart kept. best_restart: (B,) index of the restart kept.
     features_x / features_rec: (B, N, F) tokens of x and G(z*) on `feature_grid` (h, w), for
     `maps.feature_residual_map`; None for feature="none" or keep_features=False.
+    defect_maps: (B, H, W) the restorer head's defect probabilities (method "restore" only).
     """
     z: torch.Tensor
     reconstructions: torch.Tensor
@@ -85,6 +85,7 @@ class MappingResult:
     features_x: Optional[torch.Tensor] = None
     features_rec: Optional[torch.Tensor] = None
     feature_grid: Optional[Tuple[int, int]] = None
+    defect_maps: Optional[torch.Tensor] = None
 
     def __len__(self) -> int:
         return self.z.shape[0]
@@ -214,7 +215,7 @@ def _map_batches(G, feature_fn, images, keys, z_init, *, batch_size, progress, m
     n, device = images.shape[0], _device_of(G)
     parts, steps = [], []
     total = -(-n // batch_size) * max(batch_kw["iterations"], 1)
-    with tqdm(total=total, desc=f"mapping ({method})", disable=not progress, unit="step") as bar:
+    with progress_bar(total=total, desc=f"mapping ({method})", disable=not progress, unit="step") as bar:
         for lo in range(0, n, batch_size):
             x = images[lo:lo + batch_size].to(device=device, dtype=torch.float32)
             kept, steps = _map_batch(G, feature_fn, x, keys=keys[lo:lo + batch_size], bar=bar,

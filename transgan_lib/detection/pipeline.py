@@ -32,11 +32,11 @@ from typing import Any, Dict, Optional, Tuple
 
 import torch
 
-from ..config import ConfigError, EncoderConfig, MappingConfig, TrainConfig
+from ..config import RESTORE_METHOD, ConfigError, EncoderConfig, MappingConfig, TrainConfig
 from ..data.mvtec import stack_dataset
 from ..data.splits import open_split, train_val_split
 from ..data.synthetic import cutpaste
-from ..gan.checkpoint import load_models
+from ..gan.checkpoint import load_models, load_restorer
 from ..metrics import image_auroc, roc_points, threshold_from_normals
 from ..runs import RunPaths, file_fingerprint, run_paths
 from ..utils import PathLike, atomic_write_json, resolve_device
@@ -45,13 +45,8 @@ from .encoder_training import ensure_encoder
 from .evaluation import load_evaluation_masks, metrics_at_size
 from .mapping import MappingResult, map_with_config
 from .mapping_file import MappedImages, MappingRun
-from .maps import (
-    MAP_KINDS,
-    anomaly_maps,
-    feature_residual_map,
-    gaussian_smooth,
-    max_score,
-)
+from .maps import MAP_KINDS, feature_residual_map, gaussian_smooth, max_score
+from .restoration import detection_maps, detector_file, map_kinds_of, restore_images
 
 # The map kind used when `map_kind="auto"` has nothing to choose with (no synthetic anomalies were
 # mapped, or scoring without an evaluated run).
@@ -105,6 +100,13 @@ def get_encoder(G, D, splits, *, output_dir, category, checkpoint: Path, epochs:
                           val_images=splits["val"]["images"], device=str(device), progress=progress)
 
 
+def _detect(G, D, images: torch.Tensor, config: MappingConfig, **kw) -> MappingResult:
+    """The restorer's one pass for method "restore" (G is then the restorer), else the latent mapping."""
+    if config.method == RESTORE_METHOD:
+        return restore_images(G, images, batch_size=config.batch_size, progress=kw.get("progress", True))
+    return map_with_config(G, D, images, config, **kw)
+
+
 def _mapped(result: MappingResult, split: Dict[str, Any]) -> MappedImages:
     return MappedImages(result=result, labels=split["labels"], defects=list(split["defects"]),
                         paths=list(split["paths"]))
@@ -119,7 +121,7 @@ def _map_synthetic(G, D, val: Dict[str, Any], config: MappingConfig, **kw) -> Op
     if k == 0:
         return None
     images, masks = cutpaste(val["images"].repeat_interleave(k, 0), seed=config.seed)
-    return MappedImages(result=map_with_config(G, D, images, config, **kw), labels=torch.ones(len(images)).long(),
+    return MappedImages(result=_detect(G, D, images, config, **kw), labels=torch.ones(len(images)).long(),
                         defects=["cutpaste"] * len(images), images=images, masks=masks,
                         paths=[f"{p}#cutpaste{c}" for p in val["paths"] for c in range(k)])
 
@@ -142,8 +144,10 @@ def run_mapping(config: MappingConfig, *, data_root: PathLike, category: str, ou
         fingerprint; the data splits {"train", "val", "test"}, for figures).
     """
     run, dev = run_paths(output_dir, category), resolve_device(device)
-    fingerprints = {"checkpoint": file_fingerprint(run.checkpoint), "encoder": None}
-    G, D, model_config, train_config = load_models(run.checkpoint, dev)
+    checkpoint = detector_file(run, config.method)  # restorer.pt for method "restore"
+    fingerprints = {"checkpoint": file_fingerprint(checkpoint), "encoder": None}
+    load = load_restorer if config.method == RESTORE_METHOD else load_models
+    G, D, model_config, train_config = load(checkpoint, dev)
     splits = load_splits(data_root, category, train_config)  # ConfigError first without validation normals
     encoder, encoder_history = None, None
     if config.method in ("encoder", "hybrid"):
@@ -155,7 +159,7 @@ def run_mapping(config: MappingConfig, *, data_root: PathLike, category: str, ou
     kw = dict(encoder=encoder, progress=progress)
     mapping = MappingRun(config=config, fingerprints=fingerprints, category=category,
                          model_config=model_config.to_dict(), train_config=train_config.to_dict(),
-                         **{name: _mapped(map_with_config(G, D, splits[name]["images"], config, **kw), splits[name])
+                         **{name: _mapped(_detect(G, D, splits[name]["images"], config, **kw), splits[name])
                             for name in ("val", "test")},
                          val_synthetic=_map_synthetic(G, D, splits["val"], config, **kw),
                          encoder_history=encoder_history)
@@ -180,7 +184,7 @@ def score_maps(images: torch.Tensor, result, *, map_kind: str = "residual",
         {"map": the `map_kind` map (smoothed), "score": its max, "anogan": (1-λ)R + λD,
         "feature_map": the discriminator-token residual map (smoothed) when tokens were kept}.
     """
-    maps = anomaly_maps(images, result.reconstructions, kind=map_kind, sigma=sigma)
+    maps = detection_maps(images, result, map_kind, sigma)
     out = {"map": maps, "score": max_score(maps), "anogan": result.total_score}
     if getattr(result, "features_x", None) is not None:
         fmap = feature_residual_map(result.features_x, result.features_rec, result.feature_grid,
@@ -190,7 +194,7 @@ def score_maps(images: torch.Tensor, result, *, map_kind: str = "residual",
 
 
 def select_map_kind(val_images: torch.Tensor, val, synthetic_images: Optional[torch.Tensor], synthetic, *,
-                    sigma: float = 4.0, kinds=MAP_KINDS) -> Dict[str, Any]:
+                    sigma: float = 4.0, kinds=None) -> Dict[str, Any]:
     """The map kind whose image score (max of the smoothed map) best separates the validation
     normals from their CutPaste copies: AUROC on those two sets only, ties to the earlier kind.
 
@@ -206,9 +210,9 @@ def select_map_kind(val_images: torch.Tensor, val, synthetic_images: Optional[to
         return {"chosen": FALLBACK_MAP_KIND, "synthetic_auroc": {},
                 "rule": "no synthetic anomalies were mapped (synthetic_copies=0): default map kind"}
     labels = torch.cat([torch.zeros(len(val_images)), torch.ones(len(synthetic_images))])
-    table = {}
+    table, kinds = {}, kinds or map_kinds_of(val)  # a restorer's head map first
     for kind in kinds:
-        scores = [max_score(anomaly_maps(images, result.reconstructions, kind=kind, sigma=sigma))
+        scores = [max_score(detection_maps(images, result, kind, sigma))
                   for images, result in ((val_images, val), (synthetic_images, synthetic))]
         table[kind] = image_auroc(labels, torch.cat(scores))
     chosen = max(kinds, key=lambda k: table[k])  # max keeps the first of equal values
@@ -220,7 +224,7 @@ def _alternatives(test, val, images, val_images, masks, labels, defects, sigma) 
     """Every other map / score rule, each thresholded on the validation normals, none selected;
     pixel metrics at the size of `masks` (B, S, S)."""
     rows = {}
-    for kind in MAP_KINDS:
+    for kind in map_kinds_of(test):
         t = score_maps(images, test, map_kind=kind, sigma=sigma)
         v = score_maps(val_images, val, map_kind=kind, sigma=sigma)
         rows[f"{kind}_map_max"] = metrics_at_size(labels, t["score"], masks, t["map"], defects,
@@ -237,11 +241,11 @@ def _alternatives(test, val, images, val_images, masks, labels, defects, sigma) 
 
 def _checked_mapping(run: RunPaths, method: str) -> MappingRun:
     """The mapping file of `method`, refused (ConfigError) unless made with the checkpoint now there."""
-    mapping = MappingRun.load(run.mapping(method), method)
-    if not run.checkpoint.is_file():
-        raise FileNotFoundError(f"no GAN checkpoint at {run.checkpoint}, the one {run.mapping(method)} was mapped "
+    mapping, checkpoint = MappingRun.load(run.mapping(method), method), detector_file(run, method)
+    if not checkpoint.is_file():
+        raise FileNotFoundError(f"no checkpoint at {checkpoint}, the one {run.mapping(method)} was mapped "
                                 "with: cannot check that the mapping belongs to it")
-    mapping.check_checkpoint(file_fingerprint(run.checkpoint), path=run.mapping(method), checkpoint=run.checkpoint)
+    mapping.check_checkpoint(file_fingerprint(checkpoint), path=run.mapping(method), checkpoint=checkpoint)
     return mapping
 
 
@@ -316,7 +320,8 @@ def evaluate(*, data_root: PathLike, category: str, output_dir: PathLike, method
         # Same map rule as the GAN; thresholds from the validation normals.
         metrics["baselines"], base_scores = run_baselines(
             splits["train"]["images"], images, labels, masks, defects, threshold_images=val_images,
-            kind=kind, sigma=config.sigma, q=config.threshold_q, return_scores=True)
+            kind=kind if kind in MAP_KINDS else FALLBACK_MAP_KIND, sigma=config.sigma, q=config.threshold_q,
+            return_scores=True)
         for name, scores in base_scores.items():
             arrays["roc"][name] = (*roc_points(labels, scores), metrics["baselines"][name]["image_auroc"])
     metrics["evaluation_seconds"] = time.perf_counter() - start

@@ -7,6 +7,8 @@ encoder.pt for "encoder"/"hybrid", each checked against the checkpoint given thr
 fingerprints the files record (ConfigError naming the file and the fix otherwise). Each image's
 initial codes are keyed by its content (`latent.image_keys`), so its score does not depend on the
 other images scored with it, and the evaluated test images score as they did in metrics.json.
+With method "restore" the run's file is restorer.pt and an image is scored in one pass of the
+restorer (`detection.restoration`), with the same checks.
 
 Shape letters: B images, C channels, H/W image height/width.
 """
@@ -21,14 +23,15 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 import torch
 from torch import nn
 
-from ..config import ConfigError, MappingConfig
-from ..gan.checkpoint import load_models, scoring_file, source_fingerprint
+from ..config import RESTORE_METHOD, ConfigError, MappingConfig
+from ..gan.checkpoint import scoring_file, source_fingerprint
 from ..runs import RunPaths, file_fingerprint, run_paths_of
 from ..utils import PathLike, resolve_device
 from .encoder_training import load_encoder
-from .mapping import MappingResult, map_with_config
+from .mapping import MappingResult
 from .mapping_file import MappingRun
 from .pipeline import FALLBACK_MAP_KIND, score_maps
+from .restoration import detect, detector_file, load_detector
 
 # MappingConfig fields that change no score (batching changes only float rounding)
 SCORE_NEUTRAL = ("batch_size", "synthetic_copies")
@@ -119,17 +122,23 @@ def load_evaluated_run(checkpoint_or_run_dir: PathLike, method: str = "iterative
             fingerprint of the checkpoint it came from, which the other files are checked against.
     """
     paths = run_paths_of(checkpoint_or_run_dir)
-    if not scoring_file(paths).is_file():
-        raise FileNotFoundError(f"no GAN checkpoint at {paths.checkpoint} (nor its weights.pt)")
-    fingerprint = source_fingerprint(scoring_file(paths))
+    if not model_file(paths, method).is_file():
+        raise FileNotFoundError(f"no checkpoint at {detector_file(paths, method)}"
+                                + ("" if method == RESTORE_METHOD else " (nor its weights.pt)"))
+    fingerprint = source_fingerprint(model_file(paths, method))
     mapping = None
     if paths.mapping(method).is_file():
         mapping = MappingRun.load(paths.mapping(method), method)
-        mapping.check_checkpoint(fingerprint, path=paths.mapping(method), checkpoint=paths.checkpoint)
+        mapping.check_checkpoint(fingerprint, path=paths.mapping(method), checkpoint=detector_file(paths, method))
     metrics = _checked_metrics(paths, method, fingerprint, mapping)
     config, kind, threshold = _settings(paths, method, mapping, metrics)
     return EvaluatedRun(paths=paths, method=method, checkpoint_fingerprint=fingerprint, mapping=mapping,
                         metrics=metrics, config=config, map_kind=kind, threshold=threshold)
+
+
+def model_file(paths: RunPaths, method: str):
+    """What scoring loads: restorer.pt for method "restore", else checkpoint.pt or its weights.pt."""
+    return paths.restorer if method == RESTORE_METHOD else scoring_file(paths)
 
 
 def apply_overrides(run: EvaluatedRun, overrides: Mapping[str, Any], *, warn: bool = True) -> MappingConfig:
@@ -174,7 +183,7 @@ class Scorer:
     def __init__(self, checkpoint_or_run_dir: PathLike, *, method: str = "iterative", device: str = "auto"):
         self.run = load_evaluated_run(checkpoint_or_run_dir, method)
         self.device = resolve_device(device)
-        self.G, self.D, self.model_config, _ = load_models(scoring_file(self.run.paths), self.device)
+        self.G, self.D, self.model_config, _ = load_detector(model_file(self.run.paths, method), method, self.device)
         self.encoder = _checked_encoder(self.run, self.device) if method in ("encoder", "hybrid") else None
 
     @property
@@ -196,7 +205,7 @@ class Scorer:
         if threshold is None:
             warnings.warn(f"no threshold: pass one (--threshold) or evaluate with method={self.run.method!r} "
                           f"first (notebook 04 writes {self.run.paths.metrics}); decisions are left empty")
-        result = map_with_config(self.G, self.D, images, config, encoder=self.encoder, progress=progress)
+        result = detect(self.G, self.D, images, config, encoder=self.encoder, progress=progress)
         scored = score_maps(images, result, map_kind=config.map_kind, sigma=config.sigma)
         decisions = None if threshold is None else scored["score"] >= threshold
         return ScoreResult(scores=scored["score"], maps=scored["map"], reconstructions=result.reconstructions,

@@ -29,7 +29,8 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import torch
 
 from ..config import ConfigError, ModelConfig, TrainConfig
-from ..models.transgan import TransGANDiscriminator, TransGANGenerator, build_models
+from ..models.restorer import Restorer, build_restorer
+from ..models.transgan import TransGANDiscriminator, TransGANGenerator, build_discriminator, build_models
 from ..runs import RunPaths, file_fingerprint, run_paths
 from ..utils import PathLike, atomic_torch_save, atomic_write_json, atomic_write_text
 from .stack import (
@@ -46,6 +47,7 @@ from .stack import (
 )
 
 KIND = "gan"
+RESTORER_KIND = "restorer"  # the restorer objective's training state (`gan.restore`), same format
 WEIGHTS_KIND = "gan-weights"
 CHECKPOINT_NAME = "checkpoint.pt"
 REQUIRED_KEYS = ("format_version", "G", "G_ema", "D", "model_config", "config")
@@ -57,15 +59,16 @@ RESUME_FREE_FIELDS = TrainConfig.RESUME_FREE
 
 
 # ----------------------------------------------------------------------------- loading
-def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> Dict[str, Any]:
-    """Load a training checkpoint written by `train_gan`.
+def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cpu", kind: str = KIND
+                    ) -> Dict[str, Any]:
+    """Load a training checkpoint written by `train_gan` (`kind` RESTORER_KIND: of the restorer).
 
     Raises:
         FileNotFoundError: no file at `path`.
         CheckpointError: the file is corrupt, truncated, another kind of checkpoint (e.g. a CIFAR
             one), or not one of our checkpoints.
     """
-    return read_checkpoint(path, KIND, required=REQUIRED_KEYS, map_location=map_location,
+    return read_checkpoint(path, kind, required=REQUIRED_KEYS, map_location=map_location,
                            train_hint="Train first (train_gan / python -m transgan_lib.gan.train), or check "
                                       "output_dir and category.")
 
@@ -101,7 +104,8 @@ def _stateful(st) -> Dict[str, Any]:
 
 def make_checkpoint(st, epoch_state: Optional[Dict[str, Any]] = None, world_size: int = 1) -> Dict[str, Any]:
     """The checkpoint dict of a `train.GANState` (`epoch_state`: a partly done epoch, or None)."""
-    return build_checkpoint(KIND, st.cfg, _stateful(st), epoch=st.epoch, history=st.history,
+    kind = RESTORER_KIND if st.cfg.objective == "restore" else KIND
+    return build_checkpoint(kind, st.cfg, _stateful(st), epoch=st.epoch, history=st.history,
                             ema_n_averaged=st.ema.n_averaged, step=st.step, g_step=st.g_step,
                             epoch_state=epoch_state, fixed_z=st.fixed_z, world_size=world_size)
 
@@ -121,9 +125,10 @@ def resume_state(st, path: PathLike, world_size: int = 1) -> Optional[Dict[str, 
     (ConfigError otherwise); warn about changed training settings. Returns the state of the
     partly done epoch to continue, or None to start at epoch `st.epoch`."""
     # CPU: RNG states must stay CPU tensors; load_state_dict moves weights to st.device
-    ckpt = load_checkpoint(path, map_location="cpu")
+    ckpt = load_checkpoint(path, map_location="cpu", kind=RESTORER_KIND if st.cfg.objective == "restore" else KIND)
     check_compatible(ckpt["model_config"], st.model_config, path)
-    check_resume(ckpt["config"], st.cfg, path, warn=True)
+    # configs saved before the restorer objective existed were GAN runs
+    check_resume({"objective": KIND, "restore": {}, **ckpt["config"]}, st.cfg, path, warn=True)
     restore_state(st, ckpt)
     epoch_state = ckpt.get("epoch_state")
     if epoch_state is not None and len(epoch_state["rng"]) != world_size:
@@ -204,8 +209,21 @@ def load_models(path: PathLike, device: Union[str, torch.device] = "cpu", *,
     return G.eval(), D.eval(), mc, TrainConfig.from_dict(ckpt["config"])
 
 
-__all__ = ["FORMAT_VERSION", "KIND", "CHECKPOINT_NAME", "RESUME_FREE_FIELDS", "CheckpointError", "capture_rng_state",
-           "restore_rng_state", "load_checkpoint", "config_differences", "check_compatible",
+def load_restorer(path: PathLike, device: Union[str, torch.device] = "cpu"
+                  ) -> Tuple[Restorer, TransGANDiscriminator, ModelConfig, TrainConfig]:
+    """(EMA restorer, discriminator, ModelConfig, TrainConfig) from a restorer checkpoint
+    (`restorer.pt`, objective "restore"), both models in eval mode on `device`."""
+    ckpt = load_checkpoint(path, kind=RESTORER_KIND)
+    mc, tc = ModelConfig.from_dict(ckpt["model_config"]), TrainConfig.from_dict(ckpt["config"])
+    R, D = build_restorer(mc, tc.restore_config()), build_discriminator(mc)
+    R.load_state_dict(ckpt["G_ema"])
+    D.load_state_dict(ckpt["D"])
+    return R.to(device).eval(), D.to(device).eval(), mc, tc
+
+
+__all__ = ["load_restorer", "FORMAT_VERSION", "KIND", "RESTORER_KIND", "CHECKPOINT_NAME", "RESUME_FREE_FIELDS",
+           "CheckpointError", "capture_rng_state", "restore_rng_state", "load_checkpoint", "config_differences",
+           "check_compatible",
            "make_checkpoint", "restore_state", "resume_state", "write_history", "load_generator",
            "load_models", "WEIGHTS_KIND", "export_weights", "source_fingerprint", "scoring_file",
            "load_for_scoring"]

@@ -5,6 +5,9 @@ output of the discriminator: higher means "looks real".
 
 WGAN-GP (Gulrajani et al. 2017) with the drift term of Karras et al. (2018) is the default;
 the hinge loss (Lim & Ye 2017; Miyato et al. 2018) is the alternative.
+
+The restorer objective (`gan.restore`) adds a restoration loss (L1 + SSIM, as DRAEM) and a focal
+loss (Lin et al. 2017) for its segmentation head.
 """
 from __future__ import annotations
 
@@ -75,5 +78,34 @@ def gradient_penalty(D: Callable[[torch.Tensor], torch.Tensor], real: torch.Tens
     return (norm - 1).pow(2).mean()
 
 
-__all__ = ["d_loss_wgan", "g_loss_wgan", "d_loss_hinge", "g_loss_hinge", "drift_penalty",
+def ssim_loss(x: torch.Tensor, y: torch.Tensor, *, sigma: float = 1.5, radius: int = 5) -> torch.Tensor:
+    """Mean 1 - SSIM of images x, y (B, C, H, W) in [-1, 1] (Gaussian window, data range 2; the
+    loss form of `detection.maps.ssim_map`, which the training stack cannot import)."""
+    taps = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
+    k1 = torch.exp(-taps ** 2 / (2 * sigma ** 2))
+    k1 = k1 / k1.sum()
+    kernel = (k1[:, None] * k1[None, :]).expand(x.shape[1], 1, -1, -1)  # (C, 1, k, k)
+
+    def mean(t: torch.Tensor) -> torch.Tensor:  # depthwise blur, reflect padding
+        return F.conv2d(F.pad(t, (radius,) * 4, mode="reflect"), kernel, groups=t.shape[1])
+
+    c1, c2 = (0.01 * 2) ** 2, (0.03 * 2) ** 2
+    mu_x, mu_y = mean(x), mean(y)
+    var_x, var_y = mean(x * x) - mu_x ** 2, mean(y * y) - mu_y ** 2
+    cov = mean(x * y) - mu_x * mu_y
+    ssim = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x ** 2 + mu_y ** 2 + c1) * (var_x + var_y + c2))
+    return (1 - ssim).mean()
+
+
+def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
+    """Mean focal loss (1 - p_t)^gamma * BCE of per-pixel logits against a 0/1 target of the
+    same shape; gamma 0 is the plain BCE."""
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    if gamma == 0:
+        return bce.mean()
+    p_t = torch.exp(-bce)  # the probability given to the true class
+    return ((1 - p_t) ** gamma * bce).mean()
+
+
+__all__ = ["ssim_loss", "focal_loss", "d_loss_wgan", "g_loss_wgan", "d_loss_hinge", "g_loss_hinge", "drift_penalty",
            "gradient_penalty"]

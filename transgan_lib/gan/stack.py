@@ -1,11 +1,12 @@
-"""The one training stack every model shares (the TransGAN of `gan.train`, the CIFAR dual-discriminator
-model of `cifar.train`): the optimiser step, the EMA, DDP set-up, per-epoch seeds, global RNG state,
-and the checkpoint format, its reading and writing, and the resume policy.
+"""The one training stack every model shares (the TransGAN of `gan.train` and its restorer objective,
+the CIFAR dual-discriminator model of `cifar.train`): the optimiser step, the critic update, the
+EMA, DDP set-up, per-epoch seeds, global RNG state, and the checkpoint format, its reading and
+writing, and the resume policy.
 
 A training checkpoint is a dict (written atomically by `save_checkpoint`, read back with
 weights_only=True by `read_checkpoint`)::
 
-    format_version, kind ("gan" / "cifar-dual"), config (the run's config, `to_dict()`),
+    format_version, kind ("gan" / "restorer" / "cifar-dual"), config (the run's config, `to_dict()`),
     model_config (its ModelConfig), <name>: the state dict of each model / optimizer / grad scaler
     (a dict of them gives a dict of state dicts), rng {python, numpy, torch, cuda} (global RNG
     states), epoch (fully completed epochs), history (one dict per epoch), plus the kind's own
@@ -31,10 +32,11 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler
 
 from ..config import ConfigError
-from ..utils import PathLike, atomic_torch_save, resolve_device
+from ..utils import PathLike, atomic_torch_save, autocast, resolve_device
+from .losses import d_loss_hinge, d_loss_wgan, drift_penalty, gradient_penalty
 
 FORMAT_VERSION = 1
-KINDS = ("gan", "gan-weights", "cifar-dual")
+KINDS = ("gan", "gan-weights", "cifar-dual", "restorer")
 
 
 class CheckpointError(RuntimeError):
@@ -59,6 +61,29 @@ def optimizer_step(loss: torch.Tensor, opt: torch.optim.Optimizer, scaler: torch
         nn.utils.clip_grad_norm_([p for group in opt.param_groups for p in group["params"]], grad_clip)
     scaler.step(opt)
     scaler.update()
+
+
+def critic_update(st, real_in: torch.Tensor, fake_in: torch.Tensor, generator: torch.Generator
+                  ) -> Dict[str, torch.Tensor]:
+    """One update of the discriminator of a training state `st` (a `train.GANState`: D, D_train,
+    opt_D, scaler_D, cfg) on real and fake inputs (B, C, H, W), already augmented: WGAN-GP with
+    drift or hinge, as `st.cfg.loss` says. The GAN judges samples, the restorer restorations.
+    Returns detached 0-d stats {d_loss, gp, d_real, d_fake}."""
+    cfg, B = st.cfg, real_in.shape[0]
+    with autocast(st.device, st.amp_dtype):
+        logits = st.D_train(torch.cat([real_in, fake_in])).float()  # (2B,)
+    real_logits, fake_logits = logits.split(B)
+    if cfg.loss == "wgan-gp":
+        # penalty on the plain D (same parameters as the DDP wrapper), full precision
+        gp = gradient_penalty(st.D, real_in, fake_in, generator)
+        loss = (d_loss_wgan(real_logits, fake_logits) + cfg.gp_weight * gp
+                + cfg.drift_weight * drift_penalty(real_logits))
+    else:
+        gp = torch.zeros((), device=st.device)
+        loss = d_loss_hinge(real_logits, fake_logits)
+    optimizer_step(loss, st.opt_D, st.scaler_D, cfg.grad_clip)
+    return {"d_loss": loss.detach(), "gp": gp.detach(), "d_real": real_logits.detach().mean(),
+            "d_fake": fake_logits.detach().mean()}
 
 
 # ----------------------------------------------------------------------------- EMA
@@ -304,7 +329,7 @@ def check_resume(saved: Dict[str, Any], current, path: PathLike, *, warn: bool =
     return changed
 
 
-__all__ = ["FORMAT_VERSION", "KINDS", "CheckpointError", "grad_scaler", "optimizer_step",
+__all__ = ["FORMAT_VERSION", "KINDS", "CheckpointError", "grad_scaler", "optimizer_step", "critic_update",
            "ema_warmup_multi_avg_fn", "build_ema", "world_size", "rank", "setup_distributed", "epoch_seed",
            "epoch_loader", "wrap_ddp", "rank_zero_first", "all_reduce_sum", "gather_generator_states",
            "capture_rng_state", "restore_rng_state", "state_dicts", "load_state_dicts", "build_checkpoint",

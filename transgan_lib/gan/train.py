@@ -18,7 +18,8 @@ only rank 0 writes files, and the history is complete on rank 0.
 
 The optimiser step, EMA, DDP set-up, epoch seeds and checkpoint format are the shared training
 stack's (`gan.stack`), GAN checkpoints `gan.checkpoint`'s, the diversity check `gan.diversity`'s;
-their public names are re-exported here.
+their public names are re-exported here. `TrainConfig.objective = "restore"` trains the restorer
+with this same loop: `gan.restore` supplies its models, step, history keys and checkpoint name.
 """
 from __future__ import annotations
 
@@ -37,13 +38,12 @@ import torch.distributed as dist
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from ..config import ConfigError, ModelConfig, TrainConfig
-from ..models.transgan import build_models
 from ..runs import RunPaths, run_paths
-from ..utils import autocast, autocast_dtype, batch_images, seed_everything, set_determinism
+from ..utils import autocast, autocast_dtype, batch_images, progress_bar, seed_everything, set_determinism
 from ..viz.figures import plot_history, save_figure, save_image_grid
+from . import restore
 from .augment import diff_augment
 from .checkpoint import (
     CheckpointError,
@@ -57,10 +57,11 @@ from .checkpoint import (
     write_history,
 )
 from .diversity import diversity_ratio, evaluate_diversity, sample_diversity
-from .losses import d_loss_hinge, d_loss_wgan, drift_penalty, g_loss_hinge, g_loss_wgan, gradient_penalty
+from .losses import g_loss_hinge, g_loss_wgan
 from .stack import (
     all_reduce_sum,
     build_ema,
+    critic_update,
     epoch_loader,
     epoch_seed,
     gather_generator_states,
@@ -105,7 +106,7 @@ class GANState:
         """Seeded models, EMA, Adam optimizers, grad scalers (active for fp16 only), fixed z."""
         mc = cfg.model_config()
         seed_everything(cfg.seed)
-        G, D = (m.to(device) for m in build_models(mc))
+        G, D = (m.to(device) for m in restore.build_training_models(cfg))
         amp_dtype = autocast_dtype(device, cfg.amp)
         adam = lambda m: torch.optim.Adam(m.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))  # noqa: E731
         fixed_z = torch.randn(N_FIXED, mc.latent_dim, generator=torch.Generator().manual_seed(cfg.seed))
@@ -127,21 +128,7 @@ def discriminator_step(st: GANState, real: torch.Tensor, generator: torch.Genera
     with torch.no_grad(), autocast(st.device, st.amp_dtype):
         fake = st.G(_noise(st, B, generator))  # (B, C, H, W); plain G: no DDP sync needed
     real_in = diff_augment(real, cfg.diffaug, generator)
-    fake_in = diff_augment(fake.float(), cfg.diffaug, generator)
-    with autocast(st.device, st.amp_dtype):
-        logits = st.D_train(torch.cat([real_in, fake_in])).float()  # (2B,)
-    real_logits, fake_logits = logits.split(B)
-    if cfg.loss == "wgan-gp":
-        # penalty on the plain D (same parameters as the DDP wrapper), full precision
-        gp = gradient_penalty(st.D, real_in, fake_in, generator)
-        loss = (d_loss_wgan(real_logits, fake_logits) + cfg.gp_weight * gp
-                + cfg.drift_weight * drift_penalty(real_logits))
-    else:
-        gp = torch.zeros((), device=st.device)
-        loss = d_loss_hinge(real_logits, fake_logits)
-    optimizer_step(loss, st.opt_D, st.scaler_D, cfg.grad_clip)
-    return {"d_loss": loss.detach(), "gp": gp.detach(), "d_real": real_logits.detach().mean(),
-            "d_fake": fake_logits.detach().mean()}
+    return critic_update(st, real_in, diff_augment(fake.float(), cfg.diffaug, generator), generator)
 
 
 def generator_step(st: GANState, batch: int, generator: torch.Generator) -> torch.Tensor:
@@ -162,7 +149,10 @@ def generator_step(st: GANState, batch: int, generator: torch.Generator) -> torc
 
 def train_step(st: GANState, real: torch.Tensor, generator: torch.Generator) -> Dict[str, torch.Tensor]:
     """One step: a D update, and a G (+EMA) update when the new step count is a multiple of
-    n_critic. Increments `st.step` (and `st.g_step`); returns detached 0-d stats."""
+    n_critic. Increments `st.step` (and `st.g_step`); returns detached 0-d stats. The restorer
+    objective takes its own step (`restore.restore_step`)."""
+    if st.cfg.objective == "restore":
+        return restore.restore_step(st, real, generator)
     stats = discriminator_step(st, real, generator)
     st.step += 1
     if st.step % st.cfg.n_critic == 0:
@@ -202,15 +192,12 @@ def _mean_val_logit(st: GANState, val_set: Dataset) -> float:
 
 
 # ----------------------------------------------------------------------------- epochs
-_SUM_KEYS = ("d_loss", "gp", "d_real", "d_fake", "g_loss")
-
-
 def _run_epoch(st: GANState, train_set: Dataset, epoch: int, epoch_state: Optional[dict],
                bar, max_steps: Optional[int], n_batches: int) -> Dict[str, Any]:
     """Train epoch `epoch` (0-based) from its start or from `epoch_state`. Returns the epoch's
     running sums, or, when `max_steps` stopped it, a resumable epoch_state with "stopped"."""
     gen = torch.Generator().manual_seed(epoch_seed(st.cfg.seed, epoch, rank()))
-    sums = {k: torch.zeros((), device=st.device) for k in _SUM_KEYS}
+    sums = {k: torch.zeros((), device=st.device) for k in restore.sum_keys(st.cfg)}
     counts, start, seconds = {"d": 0, "g": 0}, 0, 0.0
     if epoch_state is not None:
         gen.set_state(epoch_state["rng"][rank()])
@@ -240,18 +227,21 @@ def _epoch_row(st: GANState, done: Dict[str, Any], epoch: int, val_set, real_fix
                is_last: bool) -> Dict[str, Any]:
     """All ranks: reduce the epoch's sums. Rank 0: history row, samples, plots."""
     cfg, sums, counts = st.cfg, done["sums"], done["counts"]
-    packed = torch.stack([sums[k] for k in _SUM_KEYS] + [torch.tensor(float(counts["d"]), device=st.device),
+    keys = restore.sum_keys(cfg)
+    packed = torch.stack([sums[k] for k in keys] + [torch.tensor(float(counts["d"]), device=st.device),
                                                          torch.tensor(float(counts["g"]), device=st.device)])
     vals = all_reduce_sum(packed).tolist()
     n_d, n_g = vals[-2], vals[-1]
     row = {"epoch": epoch + 1, "step": st.step, "g_step": st.g_step}
-    for k, v in zip(_SUM_KEYS, vals):
-        n = n_g if k == "g_loss" else n_d
+    for k, v in zip(keys, vals):
+        n = n_g if k in restore.G_KEYS else n_d
         row[k] = v / n if n else float("nan")
     if rank() != 0:
         return row
     if val_set is not None and len(val_set):
         row["val_d_real"] = _mean_val_logit(st, val_set)
+        if cfg.objective == "restore":  # what the restorer learnt, on held-apart synthetic defects
+            row.update(restore.validate_restorer(st.ema.module.eval(), restore.val_images(val_set), cfg))
     with autocast(st.device, st.amp_dtype):
         # the EMA starts at G's near-constant init and needs ~1/(1-decay) G steps to catch up:
         # its low early diversity is flagged in the row but not warned about
@@ -281,8 +271,8 @@ def _save(st: GANState, paths: RunPaths, epoch_state: Optional[Dict[str, Any]] =
     """The checkpoint, and at an epoch boundary its weights-only export (rank 0)."""
     if rank() == 0:
         ckpt = make_checkpoint(st, epoch_state, world_size())
-        save_checkpoint(ckpt, paths.checkpoint)
-        if epoch_state is None:
+        save_checkpoint(ckpt, restore.checkpoint_path(paths, st.cfg))
+        if epoch_state is None and st.cfg.objective == "gan":
             export_weights(ckpt, paths.checkpoint, paths.weights)
 
 
@@ -293,7 +283,7 @@ def _train_epochs(st: GANState, train_set: Dataset, val_set: Optional[Dataset], 
     cfg = st.cfg
     n_batches = _batches_per_epoch(train_set, cfg)
     done_steps = st.epoch * n_batches + (epoch_state or {}).get("batch", 0)
-    bar = tqdm(total=cfg.epochs * n_batches, initial=min(done_steps, cfg.epochs * n_batches),
+    bar = progress_bar(total=cfg.epochs * n_batches, initial=min(done_steps, cfg.epochs * n_batches),
                disable=not (progress and rank() == 0), desc=cfg.category, unit="step", dynamic_ncols=True)
     unsaved = False  # the state changed since the last checkpoint
     try:
@@ -331,7 +321,7 @@ def train_gan(cfg: TrainConfig, train_set: Optional[Dataset] = None, val_set: Op
         resume: continue from `<output dir>/checkpoint.pt` if it exists (ConfigError if it was
             trained with another architecture); False starts over and overwrites it.
         max_steps: stop after this many D steps in total (the state is saved, resumable exactly).
-        progress: show a tqdm bar (rank 0 only).
+        progress: show progress (rank 0 only; `utils.progress_bar`: a bar, or lines in a log).
         callbacks: called as `callback(row)` with each epoch's history row (rank 0).
 
     Returns:
@@ -346,12 +336,14 @@ def train_gan(cfg: TrainConfig, train_set: Optional[Dataset] = None, val_set: Op
         _batches_per_epoch(train_set, cfg)  # fail early on a too small dataset
         real_fixed = _fixed_real(train_set, cfg)
         paths = run_paths(cfg.output_dir, cfg.category)
-        st = GANState.create(cfg, device)
-        resumable = resume and paths.checkpoint.exists()
-        epoch_state = resume_state(st, paths.checkpoint, world_size()) if resumable else None
+        st, ckpt_path = GANState.create(cfg, device), restore.checkpoint_path(paths, cfg)
+        if cfg.objective == "restore":  # the sample grid: restorations of fixed defective images
+            st.fixed_z = restore.fixed_inputs(real_fixed, cfg)
+        resumable = resume and ckpt_path.exists()
+        epoch_state = resume_state(st, ckpt_path, world_size()) if resumable else None
         st.G_train, st.D_train = wrap_ddp(st.G, device), wrap_ddp(st.D, device)
         _train_epochs(st, train_set, val_set, real_fixed, paths, epoch_state, max_steps, progress, callbacks)
-        return {"history": st.history, "checkpoint": str(paths.checkpoint), "output_dir": str(paths.root),
+        return {"history": st.history, "checkpoint": str(ckpt_path), "output_dir": str(paths.root),
                 "generator": st.ema.module.eval(), "discriminator": st.D, "step": st.step}
     finally:
         if owns_group:
@@ -366,8 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
                                             "(torchrun --nproc_per_node=N for DDP).")
     p.add_argument("--config", help="JSON file of TrainConfig fields")
     for f in dataclasses.fields(TrainConfig):
-        if f.name == "model":
-            p.add_argument("--model", type=json.loads, help='JSON ModelConfig overrides, e.g. \'{"attn_impl": "math"}\'')
+        if f.name in ("model", "restore"):  # dicts of ModelConfig / RestoreConfig overrides
+            p.add_argument(f"--{f.name}", type=json.loads, help='JSON overrides, e.g. \'{"attn_impl": "math"}\'')
         else:
             p.add_argument(f"--{f.name}", type=type(f.default), default=None, help=f"default {f.default!r}")
     p.add_argument("--max_steps", type=int, default=None, help="stop after this many D steps")

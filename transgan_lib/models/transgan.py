@@ -94,7 +94,7 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
-def _heads_for(dim: int, heads: int) -> int:
+def heads_for(dim: int, heads: int) -> int:
     h = max(1, min(heads, dim // 16))
     while dim % h:
         h -= 1
@@ -120,7 +120,8 @@ class TransGANGenerator(nn.Module):
         self.bottom_width = bottom_width
         self.image_size = image_size
         self.dims = tuple(dims)
-        self.to_tokens = nn.Linear(latent_dim, bottom_width ** 2 * dims[0])
+        # latent_dim 0: no z input; `decode` takes the bottom tokens (the restorer's per-token codes)
+        self.to_tokens = nn.Linear(latent_dim, bottom_width ** 2 * dims[0]) if latent_dim else None
         self.pos_embeds = nn.ParameterList()
         self.stages = nn.ModuleList()
         self.to_next = nn.ModuleList()  # after pixel shuffle: width/4 -> next stage width
@@ -129,7 +130,7 @@ class TransGANGenerator(nn.Module):
             ws = window_size if res > 2 * window_size else 0
             self.pos_embeds.append(nn.Parameter(torch.zeros(1, res * res, dim)))
             self.stages.append(nn.ModuleList(
-                Block(dim=dim, heads=_heads_for(dim, heads), mlp_ratio=mlp_ratio, window_size=ws,
+                Block(dim=dim, heads=heads_for(dim, heads), mlp_ratio=mlp_ratio, window_size=ws,
                       attn_impl=attn_impl) for _ in range(depth)))
             if i + 1 < len(dims):
                 self.to_next.append(nn.Identity() if dim // 4 == dims[i + 1] else nn.Linear(dim // 4, dims[i + 1]))
@@ -144,11 +145,20 @@ class TransGANGenerator(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """z (B, latent_dim) -> images (B, channels, H, W) in [-1, 1]."""
-        B = z.shape[0]
+        B, res = z.shape[0], self.bottom_width
+        return self.decode(self.to_tokens(z).view(B, res * res, self.dims[0]), z)  # tokens (B, N, C)
+
+    def decode(self, x: torch.Tensor, z: torch.Tensor = None, stage_inputs: Sequence[torch.Tensor] = ()
+               ) -> torch.Tensor:
+        """Bottom tokens x (B, bottom_width^2, dims[0]) -> images (B, channels, H, W) in [-1, 1].
+        `z` feeds `global_affine`; `stage_inputs[i]` (B, N_i, dims[i]), when given, is added to
+        stage i's tokens with its position embedding (a conditional generator's per-stage codes)."""
+        B = x.shape[0]
         res = self.bottom_width
-        x = self.to_tokens(z).view(B, res * res, self.dims[0])  # (B, N, C)
         for i, blocks in enumerate(self.stages):
             x = x + self.pos_embeds[i]
+            if i < len(stage_inputs):
+                x = x + stage_inputs[i]
             for blk in blocks:
                 x = blk(x, (res, res))
             if i + 1 < len(self.stages):
@@ -181,10 +191,10 @@ class TransGANDiscriminator(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         n_fine = max(1, depth // 2)
         self.fine_blocks = nn.ModuleList(
-            Block(dim=half, heads=_heads_for(half, heads), mlp_ratio=mlp_ratio, attn_impl=attn_impl)
+            Block(dim=half, heads=heads_for(half, heads), mlp_ratio=mlp_ratio, attn_impl=attn_impl)
             for _ in range(n_fine))
         self.coarse_blocks = nn.ModuleList(
-            Block(dim=dim, heads=_heads_for(dim, heads), mlp_ratio=mlp_ratio, attn_impl=attn_impl)
+            Block(dim=dim, heads=heads_for(dim, heads), mlp_ratio=mlp_ratio, attn_impl=attn_impl)
             for _ in range(max(1, depth - n_fine)))
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, 1)
