@@ -99,3 +99,14 @@ def test_gradient_penalty_runs_on_transgan_discriminator():
     gp = gradient_penalty(D, torch.randn(2, 3, 32, 32), torch.randn(2, 3, 32, 32), torch.Generator().manual_seed(0))
     gp.backward()
     assert torch.isfinite(gp) and D.head.weight.grad.abs().sum() > 0
+
+
+def test_ssim_loss_is_the_mean_of_the_ssim_map():
+    """The restorer's SSIM loss and notebook 04's SSIM map are one computation (filters.ssim_index)."""
+    from transgan_lib.detection.maps import ssim_map
+    from transgan_lib.gan.losses import ssim_loss
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 3, 32, 32, generator=g) * 2 - 1
+    y = (x + 0.3 * torch.randn(2, 3, 32, 32, generator=g)).clamp(-1, 1)
+    assert ssim_loss(x, y).item() == pytest.approx(ssim_map(x, y).mean().item(), rel=1e-6)
+    assert ssim_loss(x, x).item() == pytest.approx(0.0, abs=1e-6) and ssim_loss(x, y).item() > 0.1

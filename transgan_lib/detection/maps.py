@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import MAP_KINDS
+from ..filters import separable_blur, ssim_index
 
 # Image data range of [-1, 1] images, used by SSIM's stabilising constants.
 DATA_RANGE = 2.0
@@ -64,42 +65,6 @@ def shift_residual_map(x: torch.Tensor, x_hat: torch.Tensor, radius: int = 1) ->
     return best
 
 
-def gaussian_kernel1d(sigma: float, radius: int, *, device=None, dtype=torch.float32) -> torch.Tensor:
-    """Normalised 1-D Gaussian of length 2 * radius + 1 (sums to 1)."""
-    offsets = torch.arange(-radius, radius + 1, device=device, dtype=dtype)
-    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
-    return kernel / kernel.sum()
-
-
-def _blur_axis(maps: torch.Tensor, kernel: torch.Tensor, axis: int, mode: str) -> torch.Tensor:
-    """Convolve (B, C, H, W) maps with a 1-D kernel along H (axis=2) or W (axis=3)."""
-    radius = kernel.numel() // 2
-    c = maps.shape[1]
-    if axis == 3:
-        pad = (radius, radius, 0, 0)
-        weight = kernel.view(1, 1, 1, -1)  # (1, 1, 1, K)
-    else:
-        pad = (0, 0, radius, radius)
-        weight = kernel.view(1, 1, -1, 1)  # (1, 1, K, 1)
-    padded = F.pad(maps, pad, mode=mode)
-    # Depthwise: the same kernel for every channel.
-    return F.conv2d(padded, weight.expand(c, 1, *weight.shape[2:]), groups=c)
-
-
-def _separable_blur(maps: torch.Tensor, sigma: float, radius: int, mode: str = "reflect") -> torch.Tensor:
-    """Separable Gaussian blur of (B, C, H, W) maps; the radius is capped per axis so that
-    reflect padding stays valid on small images."""
-    _, _, h, w = maps.shape
-    out = maps
-    for axis, size in ((2, h), (3, w)):
-        r = min(radius, size - 1)
-        if r <= 0:
-            continue
-        kernel = gaussian_kernel1d(sigma, r, device=maps.device, dtype=maps.dtype)
-        out = _blur_axis(out, kernel, axis, mode)
-    return out
-
-
 def gaussian_smooth(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     """Separable Gaussian blur of anomaly maps (reflect padding, kernel radius ceil(4 sigma)).
 
@@ -116,14 +81,14 @@ def gaussian_smooth(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     if sigma == 0:
         return maps
     radius = int(math.ceil(4.0 * sigma))
-    return _separable_blur(maps.unsqueeze(1), sigma, radius).squeeze(1)
+    return separable_blur(maps.unsqueeze(1), sigma, radius).squeeze(1)
 
 
 def ssim_map(x: torch.Tensor, x_hat: torch.Tensor, *, sigma: float = 1.5, win_size: int = 11) -> torch.Tensor:
     """Per-pixel 1 - SSIM (Gaussian-weighted window, population covariances), averaged over channels.
 
     Matches skimage ``structural_similarity(..., gaussian_weights=True, sigma=1.5,
-    use_sample_covariance=False, data_range=2)`` away from the border.
+    use_sample_covariance=False, data_range=2)`` away from the border (`filters.ssim_index`).
 
     Args:
         x, x_hat: (B, C, H, W) images in [-1, 1] (data range 2).
@@ -132,21 +97,7 @@ def ssim_map(x: torch.Tensor, x_hat: torch.Tensor, *, sigma: float = 1.5, win_si
         (B, H, W) map, 0 where the images agree, up to 2.
     """
     _check_pair(x, x_hat)
-    c1 = (0.01 * DATA_RANGE) ** 2
-    c2 = (0.03 * DATA_RANGE) ** 2
-    radius = win_size // 2
-
-    def local_mean(t: torch.Tensor) -> torch.Tensor:
-        return _separable_blur(t, sigma, radius)
-
-    mu_x, mu_y = local_mean(x), local_mean(x_hat)
-    var_x = local_mean(x * x) - mu_x**2
-    var_y = local_mean(x_hat * x_hat) - mu_y**2
-    cov_xy = local_mean(x * x_hat) - mu_x * mu_y
-    ssim = ((2 * mu_x * mu_y + c1) * (2 * cov_xy + c2)) / (
-        (mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2)
-    )  # (B, C, H, W)
-    return (1.0 - ssim).mean(dim=1)
+    return (1.0 - ssim_index(x, x_hat, sigma=sigma, win_size=win_size, data_range=DATA_RANGE)).mean(dim=1)
 
 
 def _gradient_magnitude(gray: torch.Tensor) -> torch.Tensor:

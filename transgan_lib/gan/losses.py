@@ -16,6 +16,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
+from ..filters import ssim_index
 from ..models.transgan import math_attention
 
 
@@ -79,22 +80,9 @@ def gradient_penalty(D: Callable[[torch.Tensor], torch.Tensor], real: torch.Tens
 
 
 def ssim_loss(x: torch.Tensor, y: torch.Tensor, *, sigma: float = 1.5, radius: int = 5) -> torch.Tensor:
-    """Mean 1 - SSIM of images x, y (B, C, H, W) in [-1, 1] (Gaussian window, data range 2; the
-    loss form of `detection.maps.ssim_map`, which the training stack cannot import)."""
-    taps = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
-    k1 = torch.exp(-taps ** 2 / (2 * sigma ** 2))
-    k1 = k1 / k1.sum()
-    kernel = (k1[:, None] * k1[None, :]).expand(x.shape[1], 1, -1, -1)  # (C, 1, k, k)
-
-    def mean(t: torch.Tensor) -> torch.Tensor:  # depthwise blur, reflect padding
-        return F.conv2d(F.pad(t, (radius,) * 4, mode="reflect"), kernel, groups=t.shape[1])
-
-    c1, c2 = (0.01 * 2) ** 2, (0.03 * 2) ** 2
-    mu_x, mu_y = mean(x), mean(y)
-    var_x, var_y = mean(x * x) - mu_x ** 2, mean(y * y) - mu_y ** 2
-    cov = mean(x * y) - mu_x * mu_y
-    ssim = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x ** 2 + mu_y ** 2 + c1) * (var_x + var_y + c2))
-    return (1 - ssim).mean()
+    """Mean 1 - SSIM of images x, y (B, C, H, W) in [-1, 1] (Gaussian window, data range 2): the
+    loss form of `detection.maps.ssim_map`, both from `filters.ssim_index`."""
+    return (1 - ssim_index(x, y, sigma=sigma, win_size=2 * radius + 1, data_range=2.0)).mean()
 
 
 def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
