@@ -22,6 +22,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from .data.demo import DEMO_CATEGORIES
 from .detection.maps import MAP_KINDS
 from .jobs import DEMO_PARAMETERS, NOTEBOOKS, run_demo, run_demo_seeds  # noqa: F401 (re-exported)
 from .utils import atomic_write_text
@@ -104,8 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--data-root", default="data/mvtec_ad")
     demo.add_argument("--output-dir", default="runs")
     demo.add_argument("--device", default="auto")
-    demo.add_argument("--category", default="demo", choices=["demo", "demo_holdout"],
-                      help="demo_holdout: the held-out demo surface no setting was tuned on")
+    demo.add_argument("--category", default="demo", choices=list(DEMO_CATEGORIES),
+                      help="demo_holdout, demo_gravel, demo_tissue: held-out demo surfaces no setting was tuned on")
+    demo.add_argument("--detectors", default="restore,iterative",
+                      help="comma-separated: restore (the restorer, one pass per image) and/or iterative "
+                           "(the study's TransGAN + AnoGAN search); default both")
     demo.add_argument("--seeds", type=int, default=1,
                       help="run seeds 0..N-1 (under <output-dir>/seeds/<k>/) and report mean ± std over them")
     bench = sub.add_parser("benchmark", help="notebooks 02 -> 03 -> 04 on every category, one results table")
@@ -118,7 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a notebook parameter, passed to every notebook (02/03/04) that has it; "
                             "values read as papermill's -p reads them")
     bench.add_argument("--methods", default="iterative",
-                       help="comma-separated mapping methods (iterative, encoder, hybrid), one row each")
+                       help="comma-separated methods (iterative, encoder, hybrid: the TransGAN; restore: the "
+                            "restorer, trained by its own notebook 02), one row each")
     sub.add_parser("train", help="train a TransGAN (arguments: python -m transgan_lib train --help)",
                    add_help=False)
     score = sub.add_parser("score", help="score a folder of new images with a trained checkpoint")
@@ -155,7 +160,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         return
     args = build_parser().parse_args(argv)
     if args.command == "demo":
-        kwargs = dict(data_root=args.data_root, output_dir=args.output_dir, device=args.device, category=args.category)
+        kwargs = dict(data_root=args.data_root, output_dir=args.output_dir, device=args.device, category=args.category,
+                      detectors=[d.strip() for d in args.detectors.split(",") if d.strip()])
         if args.seeds > 1:
             run_demo_seeds(seeds=args.seeds, **kwargs)
         else:

@@ -77,7 +77,7 @@ def test_default_demo_mean_intensity_does_not_separate(default_demo):
     assert max(auroc, 1 - auroc) <= 0.7
 
 
-@pytest.mark.parametrize("category", [DEMO_CATEGORY, HOLDOUT_CATEGORY])
+@pytest.mark.parametrize("category", demo.DEMO_CATEGORIES)
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_defects_are_visible_inside_mask_only(seed, category):
     # Same generator state -> same background and lighting, so the difference is the defect alone.
@@ -104,6 +104,21 @@ def test_holdout_category_is_another_surface_with_other_defects(tmp_path):
         rgb = np.asarray(img, dtype=np.float32)
     assert rgb[..., 1].mean() > rgb[..., 0].mean() + 10  # green, not the demo's terracotta
     assert tree_bytes(cat) != tree_bytes(ensure_demo_data(tmp_path / "d", **SMALL))
+
+
+@pytest.mark.parametrize("category", [demo.GRAVEL_CATEGORY, demo.TISSUE_CATEGORY])
+def test_more_held_out_surfaces_are_built_from_other_photos(tmp_path, category):
+    """demo_gravel and demo_tissue: other bundled photos (a colour one for tissue), their own defect
+    folders, each build different from the demo's and the held-out demo's."""
+    spec = demo.demo_spec(category)
+    assert spec.texture not in (demo.demo_spec(DEMO_CATEGORY).texture, demo.demo_spec(HOLDOUT_CATEGORY).texture)
+    assert demo._texture(spec.texture).shape == (512, 512)  # the colour photo read as its grey level
+    cat = prepare_data(tmp_path, category, **SMALL)
+    test = MVTecAD(data_root=tmp_path, category=category, split="test", image_size=32)
+    assert test.defect_types == sorted(spec.defects) and len(test) == 2 + 2 * 3
+    for other in (DEMO_CATEGORY, HOLDOUT_CATEGORY):
+        assert tree_bytes(cat) != tree_bytes(ensure_demo_data(tmp_path / other, other, **SMALL))
+    assert json.loads((cat / demo.MARKER).read_text())["defects"] == list(spec.defects)
 
 
 def test_build_is_deterministic(tmp_path):
