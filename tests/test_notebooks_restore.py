@@ -16,7 +16,8 @@ def test_notebooks_02_to_04_with_the_restorer(demo_root, tmp_path):
          device="cpu", sample_every=1, objective="restore", restore={"head_dim": 8, "enc_depth": 1})
     run_dir = tmp_path / "runs" / "demo"
     assert (run_dir / "restorer.pt").is_file() and not (run_dir / "checkpoint.pt").exists()
-    summary = json.loads((run_dir / "train_summary.json").read_text())
+    summary = json.loads((run_dir / "restore_train_summary.json").read_text())
+    assert not (run_dir / "train_summary.json").exists()  # a GAN's summary, if any, is kept
     assert summary["config"]["objective"] == "restore" and "val_seg_pixel_auroc" in summary["last_epoch"]
 
     _run("03_latent_mapping", tmp_path, **common, method="restore", batch_size=16, device="cpu")
@@ -25,6 +26,7 @@ def test_notebooks_02_to_04_with_the_restorer(demo_root, tmp_path):
 
     executed = _run("04_residual_heatmaps", tmp_path, **common, method="restore")
     metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert json.loads((run_dir / "metrics_restore.json").read_text()) == metrics
     for key in ("image_auroc", "pixel_auroc", "aupro", "image_f1_max", "threshold", "per_defect", "method",
                 "iterations", "n_test", "seconds_per_image", "baselines", "alternatives", "map_selection"):
         assert key in metrics

@@ -100,7 +100,7 @@ def train_distributed(cfg: TrainConfig, nproc: int, *, echo: Callable[[str], Any
                       python: str = sys.executable, extra: Sequence[str] = ()) -> Dict[str, Any]:
     """Train `cfg` under torchrun on `nproc` processes (see the module docstring) and wait.
     Returns {"history", "checkpoint", "output_dir", "gpus"} read back from the run folder."""
-    paths = run_paths(cfg.output_dir, cfg.category)
+    paths = run_paths(cfg.output_dir, cfg.category, cfg.objective)
     paths.root.mkdir(parents=True, exist_ok=True)
     paths.train_config.write_text(json.dumps(cfg.to_dict(), indent=1))
     command = torchrun_command(paths.train_config, nproc, python=python, extra=extra)
@@ -108,7 +108,8 @@ def train_distributed(cfg: TrainConfig, nproc: int, *, echo: Callable[[str], Any
     stream_command(command, env=child_env(), log_path=paths.train_log, echo=echo)
     history_path = paths.history("json")
     history = json.loads(history_path.read_text()) if history_path.is_file() else []
-    return {"history": history, "checkpoint": str(paths.checkpoint), "output_dir": str(paths.root), "gpus": nproc}
+    checkpoint = paths.restorer if cfg.objective == "restore" else paths.checkpoint
+    return {"history": history, "checkpoint": str(checkpoint), "output_dir": str(paths.root), "gpus": nproc}
 
 
 def train_on_gpus(cfg: TrainConfig, gpus: Union[str, int] = "auto", **kwargs) -> Dict[str, Any]:

@@ -9,10 +9,13 @@ Users' scripts read these names, so they are an interface: add, never rename.
         restorer.pt                      restorer training state (objective "restore"; `gan.restore`)
         mapping_<method>.pt              latent mapping of validation/test images (`detection.pipeline`)
         mapping_<method>.json            notebook 03's summary
-        metrics.json                     notebook 04's metrics
+        metrics.json                     notebook 04's metrics (of the method it ran last)
+        metrics_<method>.json            the same, one file per method (iterative, encoder, hybrid, restore)
         history.{json,csv,png}           per-epoch training history
         samples_epoch_<NNNN>.png, samples_latest.png
         data_summary.json, train_summary.json
+        restore_history.{json,csv,png}, restore_samples_*.png, restore_train_summary.json
+                                         the same files of the restorer's training (objective "restore")
         train_config.json, train_log.txt the TrainConfig and log of a torchrun training (`launch`)
         notebooks/<notebook>.ipynb       executed notebooks (the demo job; the benchmark: 02 there,
                                          03 and 04 in notebooks/<method>/)
@@ -39,9 +42,12 @@ def _file(name: str, doc: str) -> property:
 
 @dataclass(frozen=True)
 class RunPaths:
-    """The files of one category's run under `<output_dir>/<category>/`."""
+    """The files of one category's run under `<output_dir>/<category>/`. `prefix` names the training
+    files of one objective ("" for the GAN, "restore_" for the restorer: `run_paths(..., objective)`),
+    so that a GAN and a restorer of one category live side by side."""
     output_dir: Path
     category: str
+    prefix: str = ""
 
     checkpoint = _file("checkpoint.pt", "the GAN training state (resumable)")
     weights = _file("weights.pt", "the checkpoint's weights only (EMA G, D, configs), for scoring")
@@ -49,7 +55,6 @@ class RunPaths:
     restorer = _file("restorer.pt", "the restorer's training state (objective 'restore'; resumable)")
     metrics = _file("metrics.json", "notebook 04's metrics")
     data_summary = _file("data_summary.json", "notebook 01's data summary")
-    train_summary = _file("train_summary.json", "notebook 02's last epoch")
     train_config = _file("train_config.json", "the TrainConfig a torchrun training was launched with")
     train_log = _file("train_log.txt", "the log of a torchrun training (`launch.train_distributed`)")
     notebooks = _file("notebooks", "the executed notebooks of the demo job")
@@ -65,18 +70,34 @@ class RunPaths:
     def mapping_summary(self, method: str) -> Path:
         return self.root / f"mapping_{method}.json"
 
+    @property
+    def train_summary(self) -> Path:
+        """train_summary.json (restore_train_summary.json): notebook 02's last epoch."""
+        return self.root / f"{self.prefix}train_summary.json"
+
+    def method_metrics(self, method: str) -> Path:
+        """metrics_<method>.json: notebook 04's metrics of `method` (metrics.json holds the last run's)."""
+        return self.root / f"metrics_{method}.json"
+
     def history(self, suffix: str) -> Path:
-        """history.json, history.csv or history.png (`suffix` without the dot)."""
-        return self.root / f"history.{suffix}"
+        """history.json, history.csv or history.png (`suffix` without the dot), prefixed."""
+        return self.root / f"{self.prefix}history.{suffix}"
 
     def samples(self, epoch: int = None) -> Path:
-        """samples_epoch_<NNNN>.png for `epoch`, samples_latest.png for None."""
-        return self.root / ("samples_latest.png" if epoch is None else f"samples_epoch_{epoch:04d}.png")
+        """samples_epoch_<NNNN>.png for `epoch`, samples_latest.png for None, prefixed."""
+        return self.root / (f"{self.prefix}samples_latest.png" if epoch is None
+                            else f"{self.prefix}samples_epoch_{epoch:04d}.png")
 
 
-def run_paths(output_dir: PathLike, category: str) -> RunPaths:
-    """The run folder of `category` under `output_dir`."""
-    return RunPaths(Path(output_dir), category)
+OBJECTIVE_PREFIX = {"gan": "", "restore": "restore_"}
+
+
+def run_paths(output_dir: PathLike, category: str, objective: str = "gan") -> RunPaths:
+    """The run folder of `category` under `output_dir`; `objective` ("gan", "restore") picks the
+    names of its training files (history, samples, train summary)."""
+    if objective not in OBJECTIVE_PREFIX:
+        raise ValueError(f"objective must be one of {sorted(OBJECTIVE_PREFIX)}, got {objective!r}")
+    return RunPaths(Path(output_dir), category, OBJECTIVE_PREFIX[objective])
 
 
 def seed_output_dir(output_dir: PathLike, seed: int) -> Path:

@@ -57,6 +57,7 @@ def test_metrics_keep_every_key_and_record_the_restore_method(restored_run, eval
     assert metrics["map_kind"] in RESTORE_MAP_KINDS
     assert list(metrics["map_selection"]["synthetic_auroc"]) == list(RESTORE_MAP_KINDS)  # the head's map first
     assert "defect_map_max" in metrics["alternatives"] and "residual_map_max" in metrics["alternatives"]
+    assert "anogan_score" not in metrics["alternatives"] and "anogan_score" in gan_metrics["alternatives"]
     assert set(metrics["baselines"]) == {"mean_image", "patch_nn"}
     assert arrays["maps"].shape == arrays["reconstructions"].shape[:1] + (32, 32)
     assert metrics["fingerprints"]["checkpoint"] is not None

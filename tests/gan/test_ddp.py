@@ -60,3 +60,23 @@ def test_two_gloo_processes_stay_in_sync(tmp_path):
     assert len(r0["history"]) == 1 and r0["history"][0]["gp"] > 0
     # the metrics are reduced over both ranks: 2 steps x 2 processes x 4 images
     assert r0["history"][0]["images_per_second"] * r0["history"][0]["seconds"] == pytest.approx(16)
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_train_the_restorer_in_sync(tmp_path):
+    """objective "restore" through the same DDP loop: restorer (encoder, generator, head) and D
+    identical on both ranks, restorer.pt saved once with the reduced history."""
+    from transgan_lib.gan.checkpoint import RESTORER_KIND
+    cfg = TrainConfig(output_dir=str(tmp_path / "runs"), category="toy", image_size=SIZE, model_size="tiny",
+                      epochs=1, batch_size=4, device="cpu", seed=1, objective="restore",
+                      restore={"head_dim": 8, "enc_depth": 1})
+    mp.spawn(_worker, args=(2, _free_port(), cfg.to_dict(), ImageSet(16), str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert r0["step"] == r1["step"] == 2
+    for key in ("G", "D"):
+        for name, t in r0[key].items():
+            assert torch.equal(t, r1[key][name]), f"{key}.{name} differs between ranks"
+    assert any(name.startswith("head.") for name in r0["G"])  # the segmentation head is part of it
+    ckpt = load_checkpoint(tmp_path / "runs" / "toy" / "restorer.pt", kind=RESTORER_KIND)
+    assert ckpt["world_size"] == 2 and not (tmp_path / "runs" / "toy" / "checkpoint.pt").exists()
+    assert r0["history"][0]["seg_loss"] > 0 and r0["history"][0]["rest_loss"] > 0

@@ -82,11 +82,12 @@ def test_run_writes_restorer_checkpoint_and_history(tmp_path):
     assert not (root / "checkpoint.pt").exists() and not (root / "weights.pt").exists()  # a GAN's files stay apart
     ckpt = load_checkpoint(root / "restorer.pt", kind=RESTORER_KIND)
     assert ckpt["kind"] == "restorer" and ckpt["config"]["objective"] == "restore" and ckpt["step"] == 8
-    hist = json.loads((root / "history.json").read_text())
+    hist = json.loads((root / "restore_history.json").read_text())  # beside a GAN's history.json
+    assert not (root / "history.json").exists() and not (root / "samples_latest.png").exists()
     for key in ("rest_loss", "seg_loss", "adv_loss", "g_loss", "d_loss", "val_l1", "val_seg_pixel_auroc",
                 "val_seg_image_auroc", "val_residual_pixel_auroc", "diversity"):
         assert key in hist[-1] and hist[-1][key] == hist[-1][key], key  # present, not NaN
-    assert (root / "samples_latest.png").exists() and (root / "history.png").exists()
+    assert (root / "restore_samples_latest.png").exists() and (root / "restore_history.png").exists()
 
 
 def test_stopped_then_resumed_equals_uninterrupted(tmp_path):

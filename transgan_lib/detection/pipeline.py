@@ -222,14 +222,15 @@ def select_map_kind(val_images: torch.Tensor, val, synthetic_images: Optional[to
 
 def _alternatives(test, val, images, val_images, masks, labels, defects, sigma) -> Dict[str, Any]:
     """Every other map / score rule, each thresholded on the validation normals, none selected;
-    pixel metrics at the size of `masks` (B, S, S)."""
-    rows = {}
+    pixel metrics at the size of `masks` (B, S, S). A restorer has no AnoGAN score (its total score
+    is the max of the unsmoothed head map): no "anogan_score" row then."""
+    rows, restorer = {}, getattr(test, "defect_maps", None) is not None
     for kind in map_kinds_of(test):
         t = score_maps(images, test, map_kind=kind, sigma=sigma)
         v = score_maps(val_images, val, map_kind=kind, sigma=sigma)
         rows[f"{kind}_map_max"] = metrics_at_size(labels, t["score"], masks, t["map"], defects,
                                                   threshold_from_normals(v["score"]))
-        if kind == "residual":
+        if kind == "residual" and not restorer:
             rows["anogan_score"] = metrics_at_size(labels, t["anogan"], masks, t["map"], defects,
                                                    threshold_from_normals(v["anogan"]))
             if "feature_map" in t:
@@ -325,6 +326,7 @@ def evaluate(*, data_root: PathLike, category: str, output_dir: PathLike, method
         for name, scores in base_scores.items():
             arrays["roc"][name] = (*roc_points(labels, scores), metrics["baselines"][name]["image_auroc"])
     metrics["evaluation_seconds"] = time.perf_counter() - start
+    atomic_write_json(metrics, run.method_metrics(method))
     atomic_write_json(metrics, run.metrics)
     return metrics, arrays
 

@@ -335,7 +335,7 @@ def train_gan(cfg: TrainConfig, train_set: Optional[Dataset] = None, val_set: Op
             train_set, val_set = _build_datasets(cfg)
         _batches_per_epoch(train_set, cfg)  # fail early on a too small dataset
         real_fixed = _fixed_real(train_set, cfg)
-        paths = run_paths(cfg.output_dir, cfg.category)
+        paths = run_paths(cfg.output_dir, cfg.category, cfg.objective)
         st, ckpt_path = GANState.create(cfg, device), restore.checkpoint_path(paths, cfg)
         if cfg.objective == "restore":  # the sample grid: restorations of fixed defective images
             st.fixed_z = restore.fixed_inputs(real_fixed, cfg)
