@@ -173,6 +173,41 @@ def test_resume_failure_methods_and_tables(tmp_path, capsys):
     assert [n for n, _ in calls] == ["02_train_mvtec", "03_latent_mapping", "04_residual_heatmaps"]
 
 
+def test_restore_method_trains_the_restorer_in_its_own_notebook_02(tmp_path, capsys):
+    """--methods restore: 02 with objective "restore" then 03/04 in notebooks/restore/; the GAN's 02
+    only when a GAN method is asked; a demo category starts from the demo job's restorer settings;
+    a finished restore row is skipped; a changed 02 parameter retrains both."""
+    from transgan_lib.jobs import DEMO_RESTORE_PARAMETERS
+    calls, folders = [], []
+    execute = fake_executor(calls)
+
+    def recording(name, out_dir, parameters, **kw):
+        folders.append(out_dir.name)
+        return execute(name, out_dir, parameters, **kw)
+    kw = dict(data_root=str(tmp_path / "data"), output_dir=str(tmp_path / "out"), execute=recording, progress=False)
+    run_benchmark(categories="demo_gravel", methods=["restore"], overrides=dict(seed=4), **kw)
+    assert [(n, p.get("objective"), p.get("method")) for n, p in calls] == [
+        ("02_train_mvtec", "restore", None), ("03_latent_mapping", None, "restore"),
+        ("04_residual_heatmaps", None, "restore")]
+    assert folders == ["restore"] * 3 and calls[0][1]["seed"] == 4
+    restorer_02 = DEMO_RESTORE_PARAMETERS["02_train_mvtec"]
+    assert all(calls[0][1][k] == v for k, v in restorer_02.items() if k != "category")
+    rows = read_csv(tmp_path / "out" / "results.csv")
+    assert [(r["category"], r["method"]) for r in rows] == [("demo_gravel", "restore"), ("mean", "restore")]
+
+    calls.clear(), folders.clear()
+    run_benchmark(categories="demo_gravel", methods=["restore", "iterative"], overrides=dict(seed=4), **kw)
+    assert [(n, p.get("objective")) for n, p in calls] == [
+        ("02_train_mvtec", None), ("03_latent_mapping", None), ("04_residual_heatmaps", None)]  # the GAN only
+    assert "demo_gravel / restore: skipped" in capsys.readouterr().out
+    calls.clear()
+    run_benchmark(categories="demo_gravel", methods=["restore", "iterative"], overrides=dict(seed=5), **kw)
+    assert [(n, p.get("objective"), p.get("method")) for n, p in calls] == [
+        ("02_train_mvtec", None, None), ("02_train_mvtec", "restore", None), ("03_latent_mapping", None, "restore"),
+        ("04_residual_heatmaps", None, "restore"), ("03_latent_mapping", None, "iterative"),
+        ("04_residual_heatmaps", None, "iterative")]
+
+
 def test_line_progress_prints_readable_lines(capsys):
     bar = LineProgress(total=10, desc="demo", unit="step", step=0.2, min_interval=0.0)
     for i in range(10):

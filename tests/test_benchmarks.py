@@ -33,3 +33,28 @@ def test_bench_mapping_smoke(trained_run, tmp_path, capsys):
     assert json.loads((tmp_path / "bench_mapping.json").read_text())["rows"][1]["method"] == "iterative"
     printed = capsys.readouterr().out
     assert "batched iterative vs one-image loop" in printed and "anomaly maps of the batched" in printed
+
+
+@pytest.mark.slow
+def test_bench_methods_smoke(trained_run, tmp_path, capsys):
+    """The four detectors and the floors on the same images, pixel AUROC at the masks' size, and the
+    restore speed-up against 1000-iteration search (scaled from the iterations run)."""
+    spec = importlib.util.spec_from_file_location("bench_methods", BENCH.parent / "bench_methods.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    cfg = trained_run
+    out = bench.main(["--gan-run", cfg.output_dir, "--data-root", cfg.data_root, "--iterations", "4",
+                      "--n-images", "9", "--batch-size", "4", "--encoder-epochs", "1", "--restore-epochs", "1",
+                      "--device", "cpu", "--output-dir", str(tmp_path)])
+    rows = {r["method"]: r for r in out["rows"]}
+    assert list(rows)[:4] == ["restore", "floor mean-image (32 px)", "floor patch-NN (32 px)", "iterative"]
+    assert {"encoder", "hybrid"} <= set(rows) and len(out["rows"]) == 8  # the floors at each model's size
+    assert {r["images"] for r in out["rows"]} == {9}
+    assert all(rows[m]["seconds_per_image"] > 0 for m in ("restore", "iterative", "encoder", "hybrid"))
+    assert rows["iterative"]["iterations"] == 4 and rows["hybrid"]["iterations"] == 1
+    assert out["mask_size"] == 64  # the small demo's masks, not the 32 px models
+    expected = rows["iterative"]["seconds_per_image"] * 1000 / 4 / rows["restore"]["seconds_per_image"]
+    assert out["restore_speedup_vs_1000_iterations"] == pytest.approx(expected)
+    assert all(0 <= r["image_auroc"] <= 1 and 0 <= r["pixel_auroc"] <= 1 for r in out["rows"])
+    assert (tmp_path / "demo" / "restorer.pt").is_file()
+    assert "restore vs 1000-iteration iterative" in capsys.readouterr().out

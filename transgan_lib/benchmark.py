@@ -16,7 +16,9 @@ notebook's effective parameters (its defaults with the values passed) and, per m
 notebook 04 (its metrics.json is overwritten by the next method). A (category, method) whose recorded
 parameters of 02, 03 and 04 equal the requested ones is finished and skipped, and said so; any other
 is run again (02 then resumes its checkpoint by notebook 02's own rule). A category that fails is
-recorded with its error and the others carry on. Files: `runs.benchmark_results` (results.csv,
+recorded with its error and the others carry on. Method "restore" is the restorer: its own notebook
+02 (objective "restore", restorer.pt beside the GAN's checkpoint) runs before its 03 and 04, and the
+GAN's 02 runs only when a GAN method is asked too. Files: `runs.benchmark_results` (results.csv,
 results.md, results.png, results.json) and the executed notebooks, 02 in
 `<output_dir>/<category>/notebooks/`, 03 and 04 in `notebooks/<method>/`.
 """
@@ -35,12 +37,13 @@ from typing import Any, Callable
 
 from .data.demo import DEMO_CATEGORIES
 from .data.mvtec import MVTEC_CATEGORIES
-from .jobs import DEMO_PARAMETERS, NOTEBOOKS, run_notebook
+from .jobs import DEMO_PARAMETERS, DEMO_RESTORE_PARAMETERS, NOTEBOOKS, run_notebook
 from .runs import benchmark_results, run_paths
 from .utils import atomic_write_json, atomic_write_text
 
 TRAIN, MAP, EVALUATE = tuple(DEMO_PARAMETERS)  # "02_train_mvtec", "03_latent_mapping", "04_residual_heatmaps"
-METHODS = ("iterative", "encoder", "hybrid")
+METHODS = ("iterative", "encoder", "hybrid", "restore")
+RESTORE = "restore"  # its own training: 02 with objective "restore" (restorer.pt), in notebooks/restore/
 SET_BY_RUNNER = {"category": "--categories", "data_root": "--data-root", "output_dir": "--output-dir",
                  "method": "--methods"}
 METRICS = ("image_auroc", "pixel_auroc", "aupro", "image_f1_max")
@@ -110,15 +113,20 @@ def resolve_categories(spec: str | None, data_root: Path) -> list[str]:
 
 def plan_category(category: str, data_root: Path, output_dir: Path, overrides: dict[str, Any],
                   methods: Sequence[str], defaults: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """What papermill gets for `category`: {"train": params of 02, "methods": {method: {03: .., 04: ..}}}.
-    A demo category starts from the demo job's settings; `overrides` go where the notebook has them."""
-    def passed(name: str, **fixed) -> dict[str, Any]:
-        base = DEMO_PARAMETERS[name] if category in DEMO_CATEGORIES else {}
+    """What papermill gets for `category`: {"train": params of 02, "methods": {method: {03: .., 04: ..}}};
+    "restore" also has its own 02 (objective "restore"). A demo category starts from the demo job's
+    settings (the restorer's for "restore"); `overrides` go where the notebook has them."""
+    def passed(name: str, detector: str = "", **fixed) -> dict[str, Any]:
+        demo = DEMO_RESTORE_PARAMETERS if detector == RESTORE else DEMO_PARAMETERS
+        base = demo[name] if category in DEMO_CATEGORIES else {}
         mine = {k: v for k, v in overrides.items() if k in defaults[name]}
         return {**base, **mine, "category": category, "data_root": str(data_root), "output_dir": str(output_dir),
                 **fixed}
-    return {"train": passed(TRAIN),
-            "methods": {m: {MAP: passed(MAP, method=m), EVALUATE: passed(EVALUATE, method=m)} for m in methods}}
+
+    def stages(m: str) -> dict[str, dict[str, Any]]:
+        train = {TRAIN: passed(TRAIN, m, objective=RESTORE)} if m == RESTORE else {}
+        return {**train, MAP: passed(MAP, m, method=m), EVALUATE: passed(EVALUATE, m, method=m)}
+    return {"train": passed(TRAIN), "methods": {m: stages(m) for m in methods}}
 
 
 def effective(name: str, passed: dict[str, Any], defaults: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -145,15 +153,17 @@ def describe_error(error: BaseException) -> str:
 
 def run_category(category: str, plan: dict[str, Any], defaults: dict[str, dict[str, Any]], *,
                  output_dir: Path, progress: bool, execute: Callable = run_notebook) -> dict[str, Any]:
-    """Run what is not finished of one category (02 once, then 03 and 04 per method); returns its record.
-    Raises RuntimeError naming the notebook (and method) that failed; what finished before stays recorded."""
+    """Run what is not finished of one category (02 once when a GAN method is asked, then 03 and 04 per
+    method; "restore" runs its own 02 first); returns its record. Raises RuntimeError naming the notebook
+    (and method) that failed; what finished before stays recorded."""
     paths = run_paths(output_dir, category)
     train_params = effective(TRAIN, plan["train"], defaults)
     record = read_record(paths.benchmark)
-    if (record.get("train") or {}).get("parameters") != train_params:
-        if record["methods"] or record.get("train"):
-            print(f"{category}: training parameters differ from {paths.benchmark}: running every method again")
-        record = {"category": category, "train": None, "methods": {}}
+    if record.get("train") and record["train"].get("parameters") != train_params:
+        print(f"{category}: training parameters differ from {paths.benchmark}: running every GAN method again")
+        record = {"category": category, "train": None,
+                  "methods": {m: v for m, v in record["methods"].items() if m == RESTORE}}  # its own 02
+    record.setdefault("category", category)
     todo = []
     for method, params in plan["methods"].items():
         wanted = {name: effective(name, p, defaults) for name, p in params.items()}
@@ -162,23 +172,23 @@ def run_category(category: str, plan: dict[str, Any], defaults: dict[str, dict[s
             print(f"{category} / {method}: skipped, already finished with the same parameters ({paths.benchmark})")
         else:
             todo.append((method, params, wanted))
-    stage = TRAIN
+    stage, method = TRAIN, None
     try:
-        if todo and record["train"] is None:
+        if any(m != RESTORE for m, _, _ in todo) and record["train"] is None:
             t0 = time.perf_counter()
             execute(TRAIN, paths.notebooks, plan["train"], cwd=Path.cwd(), progress=progress)
             record["train"] = {"parameters": train_params, "seconds": time.perf_counter() - t0}
             atomic_write_json(record, paths.benchmark)
         for method, params, wanted in todo:
             t0 = time.perf_counter()
-            for stage in (MAP, EVALUATE):
+            for stage in params:  # (02 for restore,) 03, 04
                 execute(stage, paths.notebooks / method, params[stage], cwd=Path.cwd(), progress=progress)
             metrics = json.loads(paths.metrics.read_text())
             record["methods"][method] = {"parameters": wanted, "metrics": metrics,
                                          "seconds": time.perf_counter() - t0}
             atomic_write_json(record, paths.benchmark)
     except Exception as error:
-        where = stage if stage == TRAIN else f"{stage} ({method})"
+        where = stage if method is None else f"{stage} ({method})"
         raise RuntimeError(f"{where}: {describe_error(error)}") from error
     return record
 

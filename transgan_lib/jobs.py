@@ -1,6 +1,10 @@
 """The main job: notebooks 02 (train) -> 03 (latent mapping) -> 04 (heatmaps, metrics) executed with
-papermill on an embedded demo category ("demo", or the held-out "demo_holdout"), for one seed or
-several, with the mean and spread over seeds (`python -m transgan_lib demo --seeds 3`).
+papermill on an embedded demo category ("demo", or a held-out one: "demo_holdout", "demo_gravel",
+"demo_tissue"), for both detectors: the restorer (objective / method "restore", one pass per image)
+and the study's TransGAN with AnoGAN search (method "iterative"), each beside the floors; for one
+seed or several, with the mean and spread over seeds (`python -m transgan_lib demo --seeds 3`).
+The GAN runs last, so `metrics.json` is the GAN's as before; each detector's metrics are also in
+`metrics_<method>.json`.
 
 A figure that matters is a mean over seeds: one draw of a GAN run is not a result (on the demo, the
 image AUROC of single runs spreads by several points between seeds and between machines).
@@ -13,7 +17,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 from .metrics import SEED_SUMMARY_KEYS, summarize_seeds
 from .runs import run_paths, seed_output_dir, seed_summary_path
@@ -33,6 +37,22 @@ DEMO_PARAMETERS = {
     "03_latent_mapping": dict(category="demo", method="iterative", iterations=150, candidates=64, batch_size=64),
     "04_residual_heatmaps": dict(category="demo", method="iterative"),
 }
+# The restorer's settings in the demo job: the issue's CPU settings (tiny, lr 5e-4, batch 16) at the
+# size and epochs that fit the job's 10 minutes beside the GAN (whose 02 -> 03 -> 04 take ~7 min),
+# chosen on "demo"'s validation normals and their synthetic defects (the history's val_seg_*), never
+# on a test split: at 32 px an epoch took 3.5 s and the head reached validation image AUROC 1.000
+# and pixel AUROC 0.961 by epoch 20 (0.988 by 40); at 64 px an epoch took 6.5 s and epoch 10 gave
+# 0.86 / 0.91. The issue's quality settings (64 px, 40 epochs) take 5-6 min alone.
+RESTORE_SIZE, RESTORE_EPOCHS = 32, 20
+DEMO_RESTORE_PARAMETERS = {
+    "02_train_mvtec": dict(category="demo", objective="restore", image_size=RESTORE_SIZE, model_size="tiny",
+                           epochs=RESTORE_EPOCHS, batch_size=16, lr=5e-4, sample_every=RESTORE_EPOCHS,
+                           checkpoint_every=5),
+    "03_latent_mapping": dict(category="demo", method="restore"),
+    "04_residual_heatmaps": dict(category="demo", method="restore"),
+}
+DETECTORS = {"restore": DEMO_RESTORE_PARAMETERS, "iterative": DEMO_PARAMETERS}  # run order: the GAN last
+LABELS = {"restore": "restorer", "iterative": "TransGAN AnoGAN"}
 SEEDED = ("02_train_mvtec", "03_latent_mapping")  # the notebooks whose `seed` a seed sets
 
 
@@ -76,46 +96,62 @@ def run_notebook(name: str, out_dir: Path, parameters: dict, *, cwd: Path, progr
 
 def run_demo(*, data_root: str = "data/mvtec_ad", output_dir: str = "runs", device: str = "auto",
              category: str = "demo", seed: int = 0, overrides: Optional[dict] = None,
-             progress: bool = True) -> dict:
-    """One run of the main job on `category` with `seed`; files under `<output_dir>/<category>/`.
-    Returns its metrics.json."""
+             detectors: Sequence[str] = tuple(DETECTORS), progress: bool = True) -> Dict[str, dict]:
+    """One run of the main job on `category` with `seed`; files under `<output_dir>/<category>/`
+    (executed notebooks in notebooks/, the restorer's in notebooks/restore/). `overrides`:
+    {notebook name: {parameter: value}}, applied to every detector's notebooks. Returns
+    {method: its metrics} for `detectors` ("restore", "iterative"), in the order they ran."""
+    unknown = [d for d in detectors if d not in DETECTORS]
+    if unknown:
+        raise ValueError(f"unknown detector(s) {unknown}; known: {list(DETECTORS)}")
     data_root, output_dir = str(Path(data_root).resolve()), str(Path(output_dir).resolve())
     paths = run_paths(output_dir, category)
-    paths.notebooks.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    for name, params in DEMO_PARAMETERS.items():
-        params = {**params, "category": category, "data_root": data_root, "output_dir": output_dir,
-                  **({"seed": seed, "device": device} if name in SEEDED else {}),
-                  **(overrides or {}).get(name, {})}
-        run_notebook(name, paths.notebooks, params, cwd=Path.cwd(), progress=progress)
-    metrics = json.loads(paths.metrics.read_text())
+    start, results = time.perf_counter(), {}
+    for detector in [d for d in DETECTORS if d in detectors]:
+        folder = paths.notebooks / detector if detector == "restore" else paths.notebooks
+        for name, params in DETECTORS[detector].items():
+            params = {**params, "category": category, "data_root": data_root, "output_dir": output_dir,
+                      **({"seed": seed, "device": device} if name in SEEDED else {}),
+                      **(overrides or {}).get(name, {})}
+            run_notebook(name, folder, params, cwd=Path.cwd(), progress=progress)
+        results[detector] = json.loads(paths.method_metrics(detector).read_text())
     print(f"\n{category}, seed {seed}: finished in {time.perf_counter() - start:.0f} s (a demo, not a benchmark).")
-    print(format_run(metrics))
-    print(f"  executed notebooks: {paths.notebooks}\n  figures, checkpoints: {paths.root}\n  metrics: {paths.metrics}")
-    return metrics
+    print("\n".join(format_run(m, LABELS[d]) for d, m in results.items()))
+    print(f"  executed notebooks: {paths.notebooks}\n  figures, checkpoints: {paths.root}\n  metrics: "
+          + ", ".join(str(paths.method_metrics(d)) for d in results))
+    return results
 
 
-def format_run(metrics: dict) -> str:
-    """The headline of one run: the GAN's metrics and the floors beside them."""
+def format_run(metrics: dict, label: str = "TransGAN") -> str:
+    """The headline of one run of one detector: its metrics and the floors beside them (the floors
+    are computed at that detector's image size)."""
     from .detection.pipeline import verdict
-    lines = [f"  TransGAN        image AUROC {metrics['image_auroc']:.3f}  pixel AUROC {metrics['pixel_auroc']:.3f}  "
-             f"AUPRO {metrics['aupro']:.3f}  F1-max (oracle threshold) {metrics['image_f1_max']:.3f}"]
-    lines += [f"  floor {name:<9} image AUROC {row['image_auroc']:.3f}  pixel AUROC {row['pixel_auroc']:.3f}"
+    size = metrics.get("image_size") or (metrics.get("mapping_config") or {}).get("image_size")
+    lines = [f"  {label:<15} image AUROC {metrics['image_auroc']:.3f}  pixel AUROC {metrics['pixel_auroc']:.3f}  "
+             f"AUPRO {metrics['aupro']:.3f}  F1-max (oracle threshold) {metrics['image_f1_max']:.3f}"
+             + (f"  ({size} px)" if size else "")]
+    lines += [f"    floor {name:<9} image AUROC {row['image_auroc']:.3f}  pixel AUROC {row['pixel_auroc']:.3f}"
               for name, row in (metrics.get("baselines") or {}).items()]
-    return "\n".join(lines + (["  " + verdict(metrics)] if verdict(metrics) else []))
+    return "\n".join(lines + (["    " + verdict(metrics)] if verdict(metrics) else []))
 
 
 def run_demo_seeds(*, seeds: int, data_root: str = "data/mvtec_ad", output_dir: str = "runs",
                    device: str = "auto", category: str = "demo", overrides: Optional[dict] = None,
-                   progress: bool = True) -> Dict[str, object]:
+                   detectors: Sequence[str] = tuple(DETECTORS), progress: bool = True) -> Dict[str, object]:
     """The main job for seeds 0 .. seeds-1, seed k under `<output_dir>/seeds/<k>/<category>/`; writes
     and returns the mean ± std over seeds (`metrics.summarize_seeds`) to
-    `<output_dir>/seeds/<category>_summary.json`."""
-    runs: List[dict] = []
+    `<output_dir>/seeds/<category>_summary.json`: the GAN's at the top level (as before), the
+    restorer's under "restorer"."""
+    runs: List[Dict[str, dict]] = []
     for seed in range(seeds):
         runs.append(run_demo(data_root=data_root, output_dir=str(seed_output_dir(output_dir, seed)), device=device,
-                             category=category, seed=seed, overrides=overrides, progress=progress))
-    summary = {"category": category, "seeds": list(range(seeds)), **summarize_seeds(runs)}
+                             category=category, seed=seed, overrides=overrides, detectors=detectors,
+                             progress=progress))
+    summary: Dict[str, object] = {"category": category, "seeds": list(range(seeds))}
+    if "iterative" in runs[0]:
+        summary.update(summarize_seeds([r["iterative"] for r in runs]))
+    if "restore" in runs[0]:
+        summary["restorer"] = summarize_seeds([r["restore"] for r in runs])
     atomic_write_json(summary, seed_summary_path(output_dir, category))
     print(f"\n{category}: mean ± std over {seeds} seeds ({seed_summary_path(output_dir, category)})")
     print(format_seed_summary(summary))
@@ -123,12 +159,17 @@ def run_demo_seeds(*, seeds: int, data_root: str = "data/mvtec_ad", output_dir: 
 
 
 def format_seed_summary(summary: dict) -> str:
-    """A markdown table: the GAN and each floor, every metric as mean ± std (min-max)."""
+    """A markdown table: each detector and each of its floors (at its image size), every metric as
+    mean ± std (min-max)."""
     def cell(s):
         return f"{s['mean']:.3f} ± {s['std']:.3f} ({s['min']:.3f}-{s['max']:.3f})"
     names = {"image_f1_max": "image_f1_max (oracle threshold)"}
     head = "| | " + " | ".join(names.get(k, k) for k in SEED_SUMMARY_KEYS) + " |\n|---|" + "---|" * len(SEED_SUMMARY_KEYS)
-    rows = ["| TransGAN | " + " | ".join(cell(summary[k]) for k in SEED_SUMMARY_KEYS) + " |"]
-    rows += [f"| floor: {name} | " + " | ".join(cell(b[k]) for k in SEED_SUMMARY_KEYS) + " |"
-             for name, b in summary.get("baselines", {}).items()]
+    rows = []
+    for label, part in (("restorer", summary.get("restorer")), ("TransGAN AnoGAN", summary)):
+        if not part or SEED_SUMMARY_KEYS[0] not in part:
+            continue
+        rows.append(f"| {label} | " + " | ".join(cell(part[k]) for k in SEED_SUMMARY_KEYS) + " |")
+        rows += [f"| {label} floor: {name} | " + " | ".join(cell(b[k]) for k in SEED_SUMMARY_KEYS) + " |"
+                 for name, b in part.get("baselines", {}).items()]
     return "\n".join([head] + rows)
