@@ -80,17 +80,11 @@ def ensure_restorer(args, device: torch.device) -> Path:
     return run_paths(args.output_dir, args.category).restorer
 
 
-def native_masks(args, idx: torch.Tensor) -> torch.Tensor:
-    """The picked test images' masks (B, S, S) at their own resolution (capped as the pipeline does)."""
-    test_set = open_split(args.data_root, args.category, "test", 32)
-    return test_set.load_masks(evaluation_size(test_set))[idx, 0]
-
-
 def row(method: str, seconds: float, n: int, labels, masks, maps: torch.Tensor, size: int,
         iterations: Optional[int] = None) -> Dict[str, Any]:
     """One table row; maps (B, h, w) at the model's size are upsampled to the masks' size S."""
     up = F.interpolate(maps[:, None].float(), size=masks.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
-    return {"method": method, "image_size": size, "iterations": iterations, "images": n,
+    return {"method": method, "image_size": size, "iterations": iterations, "batch_size": None, "images": n,
             "seconds_per_image": None if seconds is None else seconds / n,
             "image_auroc": image_auroc(labels, max_score(maps)), "pixel_auroc": pixel_auroc(masks, up)}
 
@@ -148,16 +142,11 @@ def restore_rows(args, device, idx, masks) -> list:
 
 
 def format_table(rows, speedup: float) -> str:
-    head = (f"{'method':<26} {'px':>4} {'iters':>5} {'images':>6} {'s/image':>10} "
-            f"{'image AUROC':>11} {'pixel AUROC':>11}")
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        lines.append(f"{r['method']:<26} {r['image_size']:>4} {bm._fmt(r['iterations'], 'd'):>5} "
-                     f"{r['images']:>6} {bm._fmt(r['seconds_per_image'], '.4g'):>10} "
-                     f"{r['image_auroc']:>11.3f} {r['pixel_auroc']:>11.3f}")
+    """`bench_mapping.format_table` (the image sizes are in the JSON) and the speed-up target."""
     verdict = "met" if speedup >= TARGET_RESTORE else "NOT MET"
-    return "\n".join(lines + [f"restore vs {bm.REFERENCE_ITERATIONS}-iteration iterative: {speedup:.0f}x per image "
-                              f"(target >= {TARGET_RESTORE:g}x: {verdict})"])
+    return "\n".join([bm.format_table(rows, {"restore": f"{speedup:.0f}x vs {bm.REFERENCE_ITERATIONS}-iter"}),
+                      f"restore vs {bm.REFERENCE_ITERATIONS}-iteration iterative: {speedup:.0f}x per image "
+                      f"(target >= {TARGET_RESTORE:g}x: {verdict})"])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -190,12 +179,14 @@ def main(argv=None) -> Dict[str, Any]:
         torch.set_num_threads(args.threads)
     print(describe_device(device), flush=True)
     prepare_data(args.data_root, args.category)
-    n_test = len(open_split(args.data_root, args.category, "test", 32))
-    n = n_test if args.n_images is None else min(args.n_images, n_test)
-    idx = torch.linspace(0, n_test - 1, n).round().long().unique()  # evenly spaced: every defect folder
-    masks = native_masks(args, idx)
+    test_set = open_split(args.data_root, args.category, "test", 32)  # read for its masks only
+    n = len(test_set) if args.n_images is None else min(args.n_images, len(test_set))
+    idx = torch.linspace(0, len(test_set) - 1, n).round().long().unique()  # evenly spaced: every defect folder
+    masks = test_set.load_masks(evaluation_size(test_set))[idx, 0]  # (B, S, S) at the masks' own size
     start = time.perf_counter()
     rows = restore_rows(args, device, idx, masks) + gan_rows(args, device, idx, masks)
+    for r in rows:  # every timed row ran in batches of --batch-size
+        r["batch_size"] = None if r["seconds_per_image"] is None else args.batch_size
     it, rs = (next(r for r in rows if r["method"] == m) for m in ("iterative", "restore"))
     speedup = it["seconds_per_image"] * bm.REFERENCE_ITERATIONS / max(it["iterations"], 1) / rs["seconds_per_image"]
     out = {"environment": describe_device(device), "settings": {k: str(v) for k, v in vars(args).items()},

@@ -126,7 +126,7 @@ def format_run(metrics: dict, label: str = "TransGAN") -> str:
     """The headline of one run of one detector: its metrics and the floors beside them (the floors
     are computed at that detector's image size)."""
     from .detection.pipeline import verdict
-    size = metrics.get("image_size") or (metrics.get("mapping_config") or {}).get("image_size")
+    size = metrics.get("image_size")
     lines = [f"  {label:<15} image AUROC {metrics['image_auroc']:.3f}  pixel AUROC {metrics['pixel_auroc']:.3f}  "
              f"AUPRO {metrics['aupro']:.3f}  F1-max (oracle threshold) {metrics['image_f1_max']:.3f}"
              + (f"  ({size} px)" if size else "")]
