@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 import torchvision
 from PIL import Image
 
@@ -16,7 +17,7 @@ from transgan_lib.cifar.config import CifarConfig, run_dir, run_files
 from transgan_lib.cifar.data import AnomalySplit, to_float
 from transgan_lib.cifar.evaluate import evaluate_cifar, run_all_classes, run_cifar
 from transgan_lib.cifar.model import EncoderWeightsError, load_resnet
-from transgan_lib.cifar.score import combine_scores, latent_bank, pixel_baselines, score_images, select_parts
+from transgan_lib.cifar.score import combine_scores, feature_bank, pixel_baselines, score_images, select_parts
 from transgan_lib.cifar.train import (
     build_cifar_models,
     build_optimizers,
@@ -209,26 +210,43 @@ def test_combine_scores_standardises_on_reference():
     assert {k: v.tolist() for k, v in kept.items()} == {"l1": [5.0], "patch": [1.0]}
 
 
-def test_score_parts_nearest_code_and_d_anomalous():
-    """"nearest" is the distance of E1(x) to the closest code of the bank (0 for the bank's own
-    images), "d_anomalous" D_anomalous' logit on x; a combination leaves out weight-0 parts."""
+@pytest.mark.parametrize("extractor,n_stages", [("convnet", 4), ("resnet18", 5)])
+def test_score_parts_nearest_code_features_and_d_anomalous(extractor, n_stages):
+    """"nearest" is the distance of E1(x) to the closest code of the normals' bank, "features" the
+    cosine distance of each trunk stage to the closest bank image's, summed over the stages (both 0
+    for the bank's own images), "anomalies" minus that sum to the labelled anomalies' bank,
+    "d_anomalous" D_anomalous' logit on x; a combination leaves out weight-0 and unscored parts."""
     torch.manual_seed(0)
-    cfg = CifarConfig(**TINY)
+    cfg = CifarConfig(**{**TINY, "feature_extractor": extractor})
     model, _, d_a = build_cifar_models(cfg)
     images = torch.randint(0, 256, (6, 3, 16, 16), dtype=torch.uint8)
-    bank = latent_bank(model, images[:3])
-    parts = score_images(model, images, cfg, bank=bank, d_anomalous=d_a)
-    assert np.allclose(parts["nearest"][:3], 0, atol=1e-3) and (parts["nearest"][3:] > 0.1).all()
+    bank, anomaly_bank = feature_bank(model, images[:3]), feature_bank(model, images[4:])
+    parts = score_images(model, images, cfg, bank=bank, anomaly_bank=anomaly_bank, d_anomalous=d_a)
+    for name in ("nearest", "features"):
+        assert np.allclose(parts[name][:3], 0, atol=1e-3) and (parts[name][3:] > 1e-3).all(), name
+    assert np.allclose(parts["anomalies"][4:], 0, atol=1e-4) and (parts["anomalies"][:4] < -1e-3).all()
     with torch.no_grad():
         z = model.eval().encode(to_float(images))
-        expected = torch.cdist(z, bank).min(dim=1).values
+        expected = torch.cdist(z, bank.codes).min(dim=1).values
+        trunk_in = (to_float(images) + 1) / 2
+        trunk_in = F.interpolate(trunk_in, size=cfg.encoder_input_size, mode="bilinear", align_corners=False)
+        h, stage_sum, to_anomalies = (trunk_in - model.features.mean) / model.features.std, 0.0, 0.0
+        for i, layer in enumerate(model.features.trunk):  # by hand: each stage, pooled to <= 4 x 4
+            h = layer(h)
+            if i in model.features.stage_ends:
+                v = F.normalize(F.adaptive_avg_pool2d(h, min(h.shape[-1], 4)).flatten(1), dim=1)
+                stage_sum = stage_sum + (1 - (v @ v[:3].T).max(dim=1).values)
+                to_anomalies = to_anomalies + (1 - (v @ v[4:].T).max(dim=1).values)
         logits = d_a.eval()(to_float(images)).flatten()
+    assert len(bank.stages) == n_stages  # convnet: 3 blocks + output; ResNet: layer1-4 + pooled output
     np.testing.assert_allclose(parts["nearest"], expected.numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(parts["features"], stage_sum.numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(parts["anomalies"], -to_anomalies.numpy(), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(parts["d_anomalous"], logits.numpy(), rtol=1e-5, atol=1e-5)
     assert set(score_images(model, images, cfg)) == {"l1", "patch", "latent"}
     reference = {k: v[:3] for k, v in parts.items()}
     only_l1 = ({"l1": parts["l1"]}, {"l1": reference["l1"]})  # a weight-0 part need not be scored
-    assert np.array_equal(combine_scores(*only_l1, {"l1": 1.0, "d_anomalous": 0.0}),
+    assert np.array_equal(combine_scores(*only_l1, {"l1": 1.0, "d_anomalous": 0.0, "anomalies": 1.0}),
                           combine_scores(parts, reference, {"l1": 1.0}))
 
 
@@ -255,9 +273,12 @@ def test_pixel_floors_known_answer():
 
 def test_training_detects_what_the_untrained_model_cannot(trained):
     """The same split scored by the run's starting point (epochs=0: same seed, same initial weights)
-    is near chance; the trained model is far better (see BARS)."""
+    is near chance; the trained model is far better (see BARS). metrics.json's "untrained" floor is
+    exactly that starting point's score."""
     cfg, run, metrics = trained
     untrained, _ = evaluate_cifar(train_cifar(dataclasses.replace(cfg, epochs=0, output_dir=cfg.output_dir + "_0")))
+    assert metrics["baselines"]["untrained"]["auroc"] == pytest.approx(untrained["auroc"], abs=1e-9)
+    assert untrained["baselines"]["untrained"]["auroc"] == pytest.approx(untrained["auroc"], abs=1e-9)
     print(f"\nbars tiny run: AUROC {metrics['auroc']:.3f} (untrained model: {untrained['auroc']:.3f}), "
           f"AUPRC {metrics['auprc']:.3f}, parts {metrics['auroc_parts']}, {metrics['seconds_per_epoch']:.2f} s/epoch")
     assert 0.4 <= untrained["auroc"] <= 0.6, "the fixture must not be solvable without training"
@@ -276,7 +297,22 @@ def test_run_cifar_counts_the_split_and_writes_metrics(trained):
     knn = torch.cdist(to_float(split.test_images).flatten(1).double(),
                       to_float(split.train_images[split.train_labels == 0]).flatten(1).double()).min(dim=1).values
     assert saved["baselines"]["knn"]["auroc"] == pytest.approx(image_auroc(split.test_labels, knn))
-    assert set(saved["baselines"]) == {"knn", "logistic"} and 0 <= saved["baselines"]["logistic"]["auroc"] <= 1
+    assert set(saved["baselines"]) == {"knn", "logistic", "untrained"}
+    assert 0 <= saved["baselines"]["logistic"]["auroc"] <= 1
+
+
+def test_default_score_without_labelled_anomalies_leaves_out_the_anomalies_part(learnable_root, tmp_path):
+    """The default score is features + anomalies; a split without labelled anomalies has no
+    "anomalies" part (NaN in the metrics) and is scored by the features part alone."""
+    cfg = CifarConfig(dataset="folder", data_root=str(learnable_root), anomaly_class="blob", labelled_anomaly_ratio=0.0,
+                      epochs=0, output_dir=str(tmp_path), **TINY)
+    assert cfg.score_weights == {"features": 1.0, "anomalies": 1.0}
+    metrics, scores = evaluate_cifar(train_cifar(cfg))
+    assert "anomalies" not in scores["test"] and np.isnan(metrics["auroc_parts"]["anomalies"])
+    assert metrics["auroc"] == pytest.approx(metrics["auroc_parts"]["features"])
+    labelled, _ = evaluate_cifar(train_cifar(dataclasses.replace(cfg, labelled_anomaly_ratio=0.2,
+                                                                output_dir=str(tmp_path / "labelled"))))
+    assert 0 <= labelled["auroc_parts"]["anomalies"] <= 1
 
 
 def test_threshold_from_validation_normals_only(trained):
@@ -406,7 +442,7 @@ def test_run_all_classes_writes_the_summary_table(learnable_root, tmp_path):
         table = list(csv.DictReader(f))
     assert [r["class_name"] for r in table] == ["stripes", "flat", ""]
     assert float(table[-1]["auroc"]) == pytest.approx(rows[-1]["auroc"])
-    for floor in ("auroc_knn", "auroc_logistic"):  # both floors per class and their mean
+    for floor in ("auroc_knn", "auroc_logistic", "auroc_untrained"):  # the floors per class and their mean
         values = [json.loads((tmp_path / "cifar" / str(c) / "metrics.json").read_text())
                   ["baselines"][floor[len("auroc_"):]]["auroc"] for c in ("stripes", 1)]
         assert [float(r[floor]) for r in table[:2]] == pytest.approx(values)
@@ -429,6 +465,6 @@ def test_notebook_05_runs_under_papermill(learnable_root, tmp_path, monkeypatch)
     metrics = json.loads((out_dir / "cifar" / "3" / "metrics.json").read_text())
     for key in ("auroc", "auprc", "anomaly_class", "n_train_normal", "n_train_anomalous", "n_test", "baselines"):
         assert key in metrics
-    assert set(metrics["baselines"]) == {"knn", "logistic"}
+    assert set(metrics["baselines"]) == {"knn", "logistic", "untrained"}
     assert metrics["anomaly_class"] == 3 and metrics["n_test"] == 48 and 0.0 <= metrics["auroc"] <= 1.0
     assert (out_dir / "cifar" / "3" / "checkpoint.pt").is_file()

@@ -3,7 +3,8 @@
 Shape letters: N images, H, W image size.
 
 Anomaly score: the score parts of `score_images` (L1, top-k patch, latent error, distance to the
-nearest training normal's code, D_anomalous' logit) are standardised with the mean/std of the
+nearest training normal's code and trunk features, nearness to the labelled anomalies' trunk
+features, D_anomalous' logit) are standardised with the mean/std of the
 *validation normals* and summed with `score_weights` (`combine_scores`). AUROC/AUPRC are computed on
 these continuous scores; the decision threshold is a percentile of the validation normals' scores.
 The raw-pixel floors (`pixel_baselines`: kNN on the normals, logistic regression with the labelled
@@ -33,14 +34,13 @@ from .data import LabelledImages, list_classes, load_classification, to_float
 from .model import DualReconstructionModel
 from .score import (
     BASELINES,
+    banks,
     combine_scores,
-    latent_bank,
     pixel_baselines,
     score_images,
     select_parts,
-    training_normals,
 )
-from .train import CifarRun, train_cifar
+from .train import CifarRun, build_cifar_models, train_cifar
 
 
 # ----------------------------------------------------------------------------- scoring
@@ -58,28 +58,54 @@ def reconstruct(model: DualReconstructionModel, images: torch.Tensor,
 
 
 # ----------------------------------------------------------------------------- evaluation
+FLOORS = (*BASELINES, "untrained")  # metrics.json "baselines": the raw-pixel floors and the untrained model
+
+
+def score_split(model: DualReconstructionModel, d_anomalous: Optional[torch.nn.Module], split, cfg: CifarConfig,
+                device: Optional[torch.device] = None) -> Dict[str, Dict[str, np.ndarray]]:
+    """{"val", "test"} -> {"labels", every score part, "score" (`cfg.score_weights`, standardised on
+    the validation normals)} of one model on a split."""
+    bank, anomaly_bank = banks(model, split, cfg.seed, device)
+    scores: Dict[str, Dict[str, np.ndarray]] = {}
+    for name, images, labels in (("val", split.val_images, split.val_labels),
+                                 ("test", split.test_images, split.test_labels)):
+        scores[name] = {"labels": labels.numpy(), **score_images(model, images, cfg, device, bank=bank,
+                                                                 anomaly_bank=anomaly_bank, d_anomalous=d_anomalous)}
+    reference = select_parts(scores["val"], scores["val"]["labels"] == 0)
+    for s in scores.values():
+        s["score"] = combine_scores(s, reference, cfg.score_weights)
+    return scores
+
+
+def untrained_scores(cfg: CifarConfig, split, device: torch.device) -> Dict[str, Dict[str, np.ndarray]]:
+    """`score_split` of the run's starting point: the models `train_cifar` builds from `cfg.seed`
+    before its first step (ImageNet weights stay in a pretrained ResNet). What the same score gives
+    without any training; the global RNG state is left as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        models = build_cifar_models(cfg)
+    for m in models:
+        m.to(device).eval()
+    return score_split(models.model, models.d_anomalous, split, cfg, device)
+
+
 def evaluate_cifar(run: CifarRun) -> Tuple[Dict[str, Any], Dict[str, Dict[str, np.ndarray]]]:
     """Test metrics and the scores behind them.
 
     Returns (metrics, scores). metrics: auroc, auprc (combined continuous score), auroc_parts /
-    auprc_parts per score part, baselines ({"knn", "logistic"} -> {"auroc", "auprc"}: the
-    raw-pixel floors on the same test images), threshold (the `threshold_percentile` of validation
+    auprc_parts per score part, baselines ({"knn", "logistic", "untrained"} -> {"auroc",
+    "auprc"}: the raw-pixel floors on the same test images, and the same score from the untrained
+    model, `untrained_scores`: whether training helped at all), threshold (the `threshold_percentile` of validation
     normals' scores), at_threshold (accuracy, precision, recall, f1, fpr on the test set), the
     split's counts, anomaly_class, class_name, protocol, epochs, seconds_per_epoch. scores: {"val",
-    "test"} -> {"labels", one array per score part, "score"}; "test" also holds "knn" and "logistic".
+    "test"} -> {"labels", one array per score part, "score"}; "test" also holds "knn", "logistic"
+    and "untrained".
     """
-    cfg, split, model = run.cfg, run.split, run.scoring_model
-    bank = latent_bank(model, training_normals(split, seed=cfg.seed), run.device)
-    scores: Dict[str, Dict[str, np.ndarray]] = {}
-    for name, images, labels in (("val", split.val_images, split.val_labels),
-                                 ("test", split.test_images, split.test_labels)):
-        scores[name] = {"labels": labels.numpy(), **score_images(model, images, cfg, run.device, bank=bank,
-                                                                 d_anomalous=run.models.d_anomalous)}
-    reference = select_parts(scores["val"], scores["val"]["labels"] == 0)
-    for s in scores.values():
-        s["score"] = combine_scores(s, reference, cfg.score_weights)
+    cfg, split = run.cfg, run.split
+    scores = score_split(run.scoring_model, run.models.d_anomalous, split, cfg, run.device)
     test = scores["test"]
     test.update(pixel_baselines(split, seed=cfg.seed))
+    test["untrained"] = untrained_scores(cfg, split, run.device)["test"]["score"]
     y = test["labels"]
     threshold = threshold_from_normals(scores["val"]["score"][scores["val"]["labels"] == 0],
                                        rule="percentile", q=cfg.threshold_percentile)
@@ -87,11 +113,13 @@ def evaluate_cifar(run: CifarRun) -> Tuple[Dict[str, Any], Dict[str, Dict[str, n
     metrics: Dict[str, Any] = {
         "auroc": image_auroc(y, test["score"]),
         "auprc": float(average_precision_score(y, test["score"])) if both else math.nan,
-        "auroc_parts": {k: image_auroc(y, test[k]) for k in SCORE_PARTS},
-        "auprc_parts": {k: float(average_precision_score(y, test[k])) if both else math.nan for k in SCORE_PARTS},
+        # NaN for a part that was not scored ("anomalies" without labelled anomalies)
+        "auroc_parts": {k: image_auroc(y, test[k]) if k in test else math.nan for k in SCORE_PARTS},
+        "auprc_parts": {k: float(average_precision_score(y, test[k])) if both and k in test else math.nan
+                        for k in SCORE_PARTS},
         "baselines": {k: {"auroc": image_auroc(y, test[k]),
                           "auprc": float(average_precision_score(y, test[k])) if both else math.nan}
-                      for k in BASELINES if k in test},
+                      for k in FLOORS if k in test},
         "threshold": threshold,
         "at_threshold": classification_at_threshold(y, test["score"], threshold),
         "anomaly_class": cfg.anomaly_class,
@@ -118,10 +146,11 @@ def run_cifar(cfg: CifarConfig, data: Optional[Tuple[LabelledImages, LabelledIma
     return run, metrics
 
 
-SUMMARY_COLUMNS = ("anomaly_class", "class_name", "auroc", "auroc_knn", "auroc_logistic", "auprc",
+SUMMARY_COLUMNS = ("anomaly_class", "class_name", "auroc", "auroc_knn", "auroc_logistic", "auroc_untrained", "auprc",
                    *(f"auroc_{k}" for k in SCORE_PARTS), "n_train_normal", "n_train_anomalous", "n_test",
                    "seconds_per_epoch")
-MEAN_COLUMNS = ("auroc", "auroc_knn", "auroc_logistic", "auprc", *(f"auroc_{k}" for k in SCORE_PARTS))
+MEAN_COLUMNS = ("auroc", "auroc_knn", "auroc_logistic", "auroc_untrained", "auprc",
+                *(f"auroc_{k}" for k in SCORE_PARTS))
 
 
 def run_all_classes(cfg: CifarConfig, classes: Optional[Sequence[Union[int, str]]] = None) -> List[Dict[str, Any]]:
@@ -129,7 +158,8 @@ def run_all_classes(cfg: CifarConfig, classes: Optional[Sequence[Union[int, str]
 
     Writes `run_root(cfg)/summary.csv` and `summary.json` (rewritten after every class, so a
     stopped run keeps what it finished). Returns the rows, one per class plus a last "mean" row
-    (mean of auroc, the floors' AUROCs (auroc_knn, auroc_logistic), auprc and the part AUROCs).
+    (mean of auroc, the floors' AUROCs (auroc_knn, auroc_logistic, auroc_untrained), auprc and the part
+    AUROCs).
     """
     data = load_classification(cfg.dataset, cfg.data_root, image_size=cfg.image_size, download=cfg.download)
     classes = list(range(len(list_classes(cfg.dataset, cfg.data_root)))) if classes is None else list(classes)
@@ -138,7 +168,7 @@ def run_all_classes(cfg: CifarConfig, classes: Optional[Sequence[Union[int, str]
         _, m = run_cifar(dataclasses.replace(cfg, anomaly_class=c), data=data)
         rows.append({"anomaly_class": c, "class_name": m["class_name"], "auroc": m["auroc"],
                      "auprc": m["auprc"], **{f"auroc_{k}": m["auroc_parts"][k] for k in SCORE_PARTS},
-                     **{f"auroc_{k}": m["baselines"].get(k, {}).get("auroc", math.nan) for k in BASELINES},
+                     **{f"auroc_{k}": m["baselines"].get(k, {}).get("auroc", math.nan) for k in FLOORS},
                      **{k: m[k] for k in ("n_train_normal", "n_train_anomalous", "n_test", "seconds_per_epoch")}})
         table = rows + [_mean_row(rows)]
         _write_table(table, run_root(cfg))
@@ -186,14 +216,15 @@ def plot_loss_curves(history: Sequence[Dict[str, Any]]) -> Figure:
 
 
 def plot_test_roc(metrics: Dict[str, Any], test: Dict[str, np.ndarray]) -> Figure:
-    """Test ROC curves of the combined score, each score part and the raw-pixel floors
-    (`evaluate_cifar`'s metrics and its scores["test"])."""
+    """Test ROC curves of the combined score, each score part, the raw-pixel floors and the untrained
+    model (`evaluate_cifar`'s metrics and its scores["test"])."""
     y = test["labels"]
     curves = {"score": (*roc_points(y, test["score"]), metrics["auroc"])}
     curves.update({k: (*roc_points(y, test[k]), metrics["auroc_parts"][k]) for k in SCORE_PARTS if k in test})
-    curves.update({f"floor: pixel {k}": (*roc_points(y, test[k]), m["auroc"])
+    curves.update({(f"floor: pixel {k}" if k in BASELINES else "floor: untrained model, same score"):
+                   (*roc_points(y, test[k]), m["auroc"])
                    for k, m in metrics.get("baselines", {}).items()})
-    return plot_roc_curves(curves, title="test ROC: the model, its score parts and the raw-pixel floors")
+    return plot_roc_curves(curves, title="test ROC: the model, its score parts and the floors")
 
 
 def plot_reconstructions(model: DualReconstructionModel, images: torch.Tensor, title: str, n: int = 8) -> Figure:
@@ -203,5 +234,6 @@ def plot_reconstructions(model: DualReconstructionModel, images: torch.Tensor, t
                            title=f"{title} (top) and reconstructions (bottom)")
 
 
-__all__ = ["score_images", "combine_scores", "reconstruct", "evaluate_cifar", "save_metrics", "run_cifar",
-           "run_all_classes", "SUMMARY_COLUMNS", "plot_loss_curves", "plot_test_roc", "plot_reconstructions"]
+__all__ = ["FLOORS", "score_images", "combine_scores", "score_split", "untrained_scores", "reconstruct",
+           "evaluate_cifar", "save_metrics", "run_cifar", "run_all_classes", "SUMMARY_COLUMNS", "plot_loss_curves",
+           "plot_test_roc", "plot_reconstructions"]

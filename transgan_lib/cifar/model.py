@@ -11,6 +11,10 @@ feature size (2048 for ResNet50, 512 for ResNet18, 256 for the small convnet), L
   `CifarConfig.finetune_encoder`). A trainable trunk updates its BatchNorm statistics from real
   images only: E2's pass over reconstructions runs it in eval mode (otherwise the statistics used at
   scoring time would be a mixture of images and reconstructions).
+  `stages` gives the trunk's features after each of its stages (the convnet's three downsampling
+  blocks and its last layer; a ResNet's layer1-4 and its pooled output), each average-pooled to at
+  most `STAGE_GRID` x `STAGE_GRID` and L2-normalised: what `cifar.score`'s ``features`` part
+  compares with the training normals'.
 * `DualReconstructionModel`: E1 = trunk + `to_latent` head maps x to z; the TransGAN generator
   maps z to x_hat; E2 = the *same* trunk + its own `to_latent_rec` head maps x_hat back to z_rec
   (GANomaly's second encoder). Sharing the frozen trunk costs no parameters; the two heads are
@@ -19,7 +23,7 @@ feature size (2048 for ResNet50, 512 for ResNet18, 256 for the small convnet), L
 """
 from __future__ import annotations
 
-from typing import Dict, Tuple
+from typing import Dict, List, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +44,8 @@ FEATURE_EXTRACTORS: Dict[str, Tuple[str, str, int]] = {
     "resnet18": ("resnet18", "ResNet18_Weights.IMAGENET1K_V1", 512),
     "convnet": ("", "", 256),  # `small_convnet`: no pretrained weights; trained with the model
 }
+
+STAGE_GRID = 4  # `ResNetFeatures.stages` pools every stage to at most this many positions a side
 
 
 def small_convnet(input_size: int, width: int = 32) -> nn.Sequential:
@@ -89,6 +95,8 @@ class ResNetFeatures(nn.Module):
         else:
             resnet = load_resnet(arch, pretrained)
             self.trunk = nn.Sequential(*list(resnet.children())[:-1])  # drop fc; ends with avgpool
+        # indices into `trunk` whose outputs end a stage (see `stages`)
+        self.stage_ends = (4, 7, 10, 12) if arch == "convnet" else (4, 5, 6, 7, 8)
         self.out_dim = FEATURE_EXTRACTORS[arch][2]
         self.input_size = int(input_size)
         self.trainable = bool(trainable)
@@ -103,13 +111,29 @@ class ResNetFeatures(nn.Module):
             self.trunk.eval()  # frozen: BatchNorm keeps its ImageNet statistics
         return self
 
-    def forward(self, x: torch.Tensor, *, update_stats: bool = True) -> torch.Tensor:
-        """`update_stats=False`: BatchNorm uses (and keeps) its running statistics even in training."""
+    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """[-1, 1] images (B, 3, H, W) -> the trunk's input (B, 3, S, S), ImageNet-normalised."""
         x = (x + 1.0) / 2.0  # [-1, 1] -> [0, 1]
         if x.shape[-1] != self.input_size or x.shape[-2] != self.input_size:
             x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear",
                               align_corners=False)  # (B, 3, S, S)
-        x = (x - self.mean) / self.std
+        return (x - self.mean) / self.std
+
+    def stages(self, x: torch.Tensor) -> List[torch.Tensor]:
+        """Images (B, 3, H, W) in [-1, 1] -> one (B, D_s) tensor per stage of the trunk: its output
+        average-pooled to at most STAGE_GRID x STAGE_GRID, flattened and L2-normalised. Runs the
+        trunk as it is (call it in eval mode to score)."""
+        x, out = self._prepare(x), []
+        for i, layer in enumerate(self.trunk):
+            x = layer(x)
+            if i in self.stage_ends:
+                y = F.adaptive_avg_pool2d(x, STAGE_GRID) if x.shape[-1] > STAGE_GRID else x
+                out.append(F.normalize(y.flatten(1), dim=1))
+        return out
+
+    def forward(self, x: torch.Tensor, *, update_stats: bool = True) -> torch.Tensor:
+        """`update_stats=False`: BatchNorm uses (and keeps) its running statistics even in training."""
+        x = self._prepare(x)
         if update_stats or not self.trunk.training:
             return self.trunk(x).flatten(1)  # (B, F, 1, 1) -> (B, F)
         self.trunk.eval()
@@ -171,5 +195,5 @@ def build_dual_models(model_cfg: ModelConfig, *, feature_extractor: str = "resne
     return model, build_discriminator(model_cfg), build_discriminator(model_cfg)
 
 
-__all__ = ["FEATURE_EXTRACTORS", "EncoderWeightsError", "load_resnet", "ResNetFeatures",
+__all__ = ["FEATURE_EXTRACTORS", "STAGE_GRID", "EncoderWeightsError", "load_resnet", "ResNetFeatures",
            "DualReconstructionModel", "build_dual_models"]

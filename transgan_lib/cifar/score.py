@@ -7,10 +7,19 @@ Score parts per image (`score_images`), higher = more anomalous:
 
 * ``l1``, ``patch``: the reconstruction's mean and top-k patch errors |x - G(E1(x))|;
 * ``latent``: ||E1(x) - E2(G(E1(x)))||^2 / L (GANomaly's encoder error);
-* ``nearest``: the distance of E1(x) to the nearest E1 code of the training normals (`latent_bank`):
+* ``nearest``: the distance of E1(x) to the nearest E1 code of the training normals (`normal_bank`):
   how far the learned latent puts an image from every normal it was trained on;
+* ``features``: the same question asked of the trained encoder trunk at every depth: for each of its
+  stages (`ResNetFeatures.stages`: pooled, L2-normalised), the cosine distance to the nearest
+  training normal at that stage, summed over the stages. Fine stages see where the strokes are,
+  deep ones what they form;
+* ``anomalies``: minus the same sum measured to the nearest *labelled anomaly* (the few the model
+  trained with): high when an image is close to a known anomaly. The semi-supervised part, as the
+  logistic floor is the semi-supervised floor; absent without labelled anomalies;
 * ``d_anomalous``: D_anomalous' logit on x (it was trained to call real labelled anomalies real).
 
+`feature_bank` holds what these compare with: the codes and stage features of the training normals
+(and, for ``anomalies``, of the labelled anomalies).
 Each part is standardised with the mean/std of the *validation normals* and the parts are summed with
 `score_weights` (`combine_scores`); parts with weight 0 are still reported (`auroc_parts`).
 
@@ -20,7 +29,7 @@ anomalies, balanced class weights: the semi-supervised floor).
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 import torch
@@ -46,28 +55,52 @@ def training_normals(split: AnomalySplit, n_max: int = BANK_MAX, seed: int = 0) 
     return normals[keep.sort().values]
 
 
+class FeatureBank(NamedTuple):
+    """What the ``nearest``, ``features`` and ``anomalies`` parts compare an image with (`feature_bank`)."""
+    codes: torch.Tensor  # (M, L) E1 codes of the bank's images
+    stages: List[torch.Tensor]  # one (M, D_s) tensor per trunk stage (`ResNetFeatures.stages`)
+
+
 @torch.no_grad()
-def latent_bank(model: DualReconstructionModel, images: torch.Tensor, device: Optional[torch.device] = None,
-                batch_size: int = 256) -> torch.Tensor:
-    """E1 codes (N, L) of uint8 `images` (N, 3, H, W), in eval mode (restored after), on `device`."""
+def feature_bank(model: DualReconstructionModel, images: torch.Tensor, device: Optional[torch.device] = None,
+                 batch_size: int = 256) -> FeatureBank:
+    """E1 codes and trunk stage features of uint8 `images` (N, 3, H, W) (the training normals, or the
+    labelled anomalies), in eval mode (restored after), on `device`."""
     device = device or next(model.parameters()).device
     was_training = model.training
     model.eval()
-    codes = [model.encode(to_float(images[i:i + batch_size].to(device))).float()
-             for i in range(0, images.shape[0], batch_size)]
+    codes, stages = [], []
+    for i in range(0, images.shape[0], batch_size):
+        x = to_float(images[i:i + batch_size].to(device))
+        codes.append(model.encode(x).float())
+        stages.append([s.float() for s in model.features.stages(x)])
     model.train(was_training)
-    return torch.cat(codes) if codes else torch.zeros(0, 1, device=device)
+    return FeatureBank(torch.cat(codes), [torch.cat(per_stage) for per_stage in zip(*stages)])
+
+
+def banks(model: DualReconstructionModel, split: AnomalySplit, seed: int = 0,
+          device: Optional[torch.device] = None) -> Tuple[FeatureBank, Optional[FeatureBank]]:
+    """(bank of the training normals, bank of the labelled anomalies or None without any)."""
+    anomalies = split.train_images[split.train_labels == 1]
+    return (feature_bank(model, training_normals(split, seed=seed), device),
+            feature_bank(model, anomalies, device) if anomalies.shape[0] else None)
+
+
+def _nearest_cosine(queries: List[torch.Tensor], bank: List[torch.Tensor]) -> torch.Tensor:
+    """Sum over stages of 1 - the largest cosine similarity to the bank (rows are unit vectors): (b,)."""
+    return sum(1.0 - (q @ b.T).max(dim=1).values for q, b in zip(queries, bank))
 
 
 @torch.no_grad()
 def score_images(model: DualReconstructionModel, images: torch.Tensor, cfg: CifarConfig,
                  device: Optional[torch.device] = None, batch_size: int = 256, *,
-                 bank: Optional[torch.Tensor] = None,
+                 bank: Optional[FeatureBank] = None, anomaly_bank: Optional[FeatureBank] = None,
                  d_anomalous: Optional[torch.nn.Module] = None) -> Dict[str, np.ndarray]:
     """Per-image score parts: (N,) numpy arrays, higher = more anomalous (see module doc).
 
-    images: uint8 (N, 3, H, W). "l1", "patch", "latent" always; "nearest" with `bank` (the
-    training normals' codes, (M, L)); "d_anomalous" with the discriminator. The modules are put in
+    images: uint8 (N, 3, H, W). "l1", "patch", "latent" always; "nearest" and "features" with
+    `bank` (`feature_bank` of the training normals); "anomalies" with `anomaly_bank` (of the labelled
+    anomalies); "d_anomalous" with the discriminator. The modules are put in
     eval mode for scoring and restored after.
     """
     device = device or next(model.parameters()).device
@@ -83,8 +116,12 @@ def score_images(model: DualReconstructionModel, images: torch.Tensor, cfg: Cifa
         parts["l1"].append(L.per_image_l1(x, x_hat))
         parts["patch"].append(L.per_image_patch_error(x, x_hat, cfg.patch_size, cfg.patch_top_k))
         parts["latent"].append(L.per_image_latent_error(z, out["z_rec"].float()))
+        stages = model.features.stages(x) if bank is not None or anomaly_bank is not None else None
         if bank is not None:
-            parts["nearest"].append(torch.cdist(z, bank.to(z)).min(dim=1).values)  # (b, M) -> (b,)
+            parts["nearest"].append(torch.cdist(z, bank.codes.to(z)).min(dim=1).values)  # (b, M) -> (b,)
+            parts["features"].append(_nearest_cosine(stages, bank.stages))
+        if anomaly_bank is not None:
+            parts["anomalies"].append(-_nearest_cosine(stages, anomaly_bank.stages))
         if d_anomalous is not None:
             parts["d_anomalous"].append(d_anomalous(x).float().flatten())
     for m, mode in zip(modules, modes):
@@ -96,10 +133,11 @@ def combine_scores(parts: Dict[str, np.ndarray], reference: Dict[str, np.ndarray
                    weights: Dict[str, float]) -> np.ndarray:
     """Weighted sum of the parts, each standardised by the mean/std of `reference` (validation
     normals' parts): (N,) scores on a common scale whatever the parts' units. Parts with weight 0
-    (or missing from `weights`) are left out."""
+    (or missing from `weights`) are left out, and so are parts that were not scored (``anomalies``
+    of a split without labelled anomalies)."""
     total = np.zeros_like(next(iter(parts.values())))
     for name, w in weights.items():
-        if w == 0:
+        if w == 0 or name not in parts:
             continue
         mu, sd = float(np.mean(reference[name])), float(np.std(reference[name]))
         total = total + w * (parts[name] - mu) / max(sd, 1e-12)
@@ -115,8 +153,8 @@ def validation_auroc(model: DualReconstructionModel, split: AnomalySplit, cfg: C
                      d_anomalous: Optional[torch.nn.Module] = None) -> Tuple[float, Optional[float]]:
     """(mean L1 of validation normals, validation AUROC or None without validation anomalies)."""
     labels = split.val_labels.numpy()
-    bank = latent_bank(model, training_normals(split, seed=cfg.seed))
-    parts = score_images(model, split.val_images, cfg, bank=bank, d_anomalous=d_anomalous)
+    bank, anomaly_bank = banks(model, split, cfg.seed)
+    parts = score_images(model, split.val_images, cfg, bank=bank, anomaly_bank=anomaly_bank, d_anomalous=d_anomalous)
     normal = select_parts(parts, labels == 0)
     if not (labels == 1).any():
         return float(normal["l1"].mean()), None
@@ -143,5 +181,5 @@ def pixel_baselines(split: AnomalySplit, seed: int = 0) -> Dict[str, np.ndarray]
     return out
 
 
-__all__ = ["BANK_MAX", "BASELINES", "training_normals", "latent_bank", "score_images", "combine_scores",
-           "select_parts", "validation_auroc", "pixel_baselines"]
+__all__ = ["BANK_MAX", "BASELINES", "FeatureBank", "training_normals", "feature_bank", "banks", "score_images",
+           "combine_scores", "select_parts", "validation_auroc", "pixel_baselines"]
