@@ -7,7 +7,7 @@ Score parts per image (`score_images`), higher = more anomalous:
 
 * ``l1``, ``patch``: the reconstruction's mean and top-k patch errors |x - G(E1(x))|;
 * ``latent``: ||E1(x) - E2(G(E1(x)))||^2 / L (GANomaly's encoder error);
-* ``nearest``: the distance of E1(x) to the nearest E1 code of the training normals (`normal_bank`):
+* ``nearest``: the distance of E1(x) to the nearest E1 code of the training normals (`feature_bank`):
   how far the learned latent puts an image from every normal it was trained on;
 * ``features``: the same question asked of the trained encoder trunk at every depth: for each of its
   stages (`ResNetFeatures.stages`: pooled, L2-normalised), the cosine distance to the nearest
