@@ -11,7 +11,7 @@ feature size (2048 for ResNet50, 512 for ResNet18, 256 for the small convnet), L
   `CifarConfig.finetune_encoder`). A trainable trunk updates its BatchNorm statistics from real
   images only: E2's pass over reconstructions runs it in eval mode (otherwise the statistics used at
   scoring time would be a mixture of images and reconstructions).
-  `stages` gives the trunk's features after each of its stages (the convnet's three downsampling
+  `with_stages` also gives the trunk's features after each of its stages (the convnet's three downsampling
   blocks and its last layer; a ResNet's layer1-4 and its pooled output), each average-pooled to at
   most `STAGE_GRID` x `STAGE_GRID` and L2-normalised: what `cifar.score`'s ``features`` part
   compares with the training normals'.
@@ -23,7 +23,7 @@ feature size (2048 for ResNet50, 512 for ResNet18, 256 for the small convnet), L
 """
 from __future__ import annotations
 
-from typing import Dict, List, Tuple
+from typing import Any, Dict, List, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -45,7 +45,7 @@ FEATURE_EXTRACTORS: Dict[str, Tuple[str, str, int]] = {
     "convnet": ("", "", 256),  # `small_convnet`: no pretrained weights; trained with the model
 }
 
-STAGE_GRID = 4  # `ResNetFeatures.stages` pools every stage to at most this many positions a side
+STAGE_GRID = 4  # `ResNetFeatures.with_stages` pools every stage to at most this many positions a side
 
 
 def small_convnet(input_size: int, width: int = 32) -> nn.Sequential:
@@ -95,7 +95,7 @@ class ResNetFeatures(nn.Module):
         else:
             resnet = load_resnet(arch, pretrained)
             self.trunk = nn.Sequential(*list(resnet.children())[:-1])  # drop fc; ends with avgpool
-        # indices into `trunk` whose outputs end a stage (see `stages`)
+        # indices into `trunk` whose outputs end a stage (see `with_stages`)
         self.stage_ends = (4, 7, 10, 12) if arch == "convnet" else (4, 5, 6, 7, 8)
         self.out_dim = FEATURE_EXTRACTORS[arch][2]
         self.input_size = int(input_size)
@@ -119,17 +119,18 @@ class ResNetFeatures(nn.Module):
                               align_corners=False)  # (B, 3, S, S)
         return (x - self.mean) / self.std
 
-    def stages(self, x: torch.Tensor) -> List[torch.Tensor]:
-        """Images (B, 3, H, W) in [-1, 1] -> one (B, D_s) tensor per stage of the trunk: its output
-        average-pooled to at most STAGE_GRID x STAGE_GRID, flattened and L2-normalised. Runs the
-        trunk as it is (call it in eval mode to score)."""
+    def with_stages(self, x: torch.Tensor) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        """Images (B, 3, H, W) in [-1, 1] -> (pooled features (B, F), as `forward`; one (B, D_s) tensor
+        per stage of the trunk: its output average-pooled to at most STAGE_GRID x STAGE_GRID,
+        flattened and L2-normalised), from one pass of the trunk as it is (call it in eval mode to
+        score)."""
         x, out = self._prepare(x), []
         for i, layer in enumerate(self.trunk):
             x = layer(x)
             if i in self.stage_ends:
                 y = F.adaptive_avg_pool2d(x, STAGE_GRID) if x.shape[-1] > STAGE_GRID else x
                 out.append(F.normalize(y.flatten(1), dim=1))
-        return out
+        return x.flatten(1), out
 
     def forward(self, x: torch.Tensor, *, update_stats: bool = True) -> torch.Tensor:
         """`update_stats=False`: BatchNorm uses (and keeps) its running statistics even in training."""
@@ -167,16 +168,26 @@ class DualReconstructionModel(nn.Module):
             f = self.features(x)  # (B, F)
         return self.to_latent(f)
 
+    def encode_with_stages(self, x: torch.Tensor) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        """E1 and the trunk's stage features (`ResNetFeatures.with_stages`) from one trunk pass:
+        images (B, 3, H, W) -> (z (B, L), stages). For scoring (the trunk runs as it is)."""
+        f, stages = self.features.with_stages(x)
+        return self.to_latent(f), stages
+
     def encode_reconstruction(self, x_hat: torch.Tensor) -> torch.Tensor:
         """E2: reconstructions (B, 3, H, W) -> z_rec (B, L); gradients reach x_hat through the trunk,
         whose BatchNorm statistics stay those of real images."""
         return self.to_latent_rec(self.features(x_hat, update_stats=False))
 
-    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """x (B, 3, H, W) -> {"z": (B, L), "x_hat": (B, 3, H, W), "z_rec": (B, L)}."""
-        z = self.encode(x)
+    def forward(self, x: torch.Tensor, *, with_stages: bool = False) -> Dict[str, Any]:
+        """x (B, 3, H, W) -> {"z": (B, L), "x_hat": (B, 3, H, W), "z_rec": (B, L)}, and "stages" (E1's
+        trunk stage features, `encode_with_stages`) with `with_stages`."""
+        z, stages = self.encode_with_stages(x) if with_stages else (self.encode(x), None)
         x_hat = self.generator(z)
-        return {"z": z, "x_hat": x_hat, "z_rec": self.encode_reconstruction(x_hat)}
+        out = {"z": z, "x_hat": x_hat, "z_rec": self.encode_reconstruction(x_hat)}
+        if with_stages:
+            out["stages"] = stages
+        return out
 
     def trainable_parameters(self):
         """Parameters the generator optimizer updates (the trunk only when trainable)."""

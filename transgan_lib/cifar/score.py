@@ -10,7 +10,7 @@ Score parts per image (`score_images`), higher = more anomalous:
 * ``nearest``: the distance of E1(x) to the nearest E1 code of the training normals (`feature_bank`):
   how far the learned latent puts an image from every normal it was trained on;
 * ``features``: the same question asked of the trained encoder trunk at every depth: for each of its
-  stages (`ResNetFeatures.stages`: pooled, L2-normalised), the cosine distance to the nearest
+  stages (`ResNetFeatures.with_stages`: pooled, L2-normalised), the cosine distance to the nearest
   training normal at that stage, summed over the stages. Fine stages see where the strokes are,
   deep ones what they form;
 * ``anomalies``: minus the same sum measured to the nearest *labelled anomaly* (the few the model
@@ -58,7 +58,7 @@ def training_normals(split: AnomalySplit, n_max: int = BANK_MAX, seed: int = 0) 
 class FeatureBank(NamedTuple):
     """What the ``nearest``, ``features`` and ``anomalies`` parts compare an image with (`feature_bank`)."""
     codes: torch.Tensor  # (M, L) E1 codes of the bank's images
-    stages: List[torch.Tensor]  # one (M, D_s) tensor per trunk stage (`ResNetFeatures.stages`)
+    stages: List[torch.Tensor]  # one (M, D_s) tensor per trunk stage (`ResNetFeatures.with_stages`)
 
 
 @torch.no_grad()
@@ -72,8 +72,9 @@ def feature_bank(model: DualReconstructionModel, images: torch.Tensor, device: O
     codes, stages = [], []
     for i in range(0, images.shape[0], batch_size):
         x = to_float(images[i:i + batch_size].to(device))
-        codes.append(model.encode(x).float())
-        stages.append([s.float() for s in model.features.stages(x)])
+        z, per_stage = model.encode_with_stages(x)
+        codes.append(z.float())
+        stages.append([s.float() for s in per_stage])
     model.train(was_training)
     return FeatureBank(torch.cat(codes), [torch.cat(per_stage) for per_stage in zip(*stages)])
 
@@ -111,12 +112,11 @@ def score_images(model: DualReconstructionModel, images: torch.Tensor, cfg: Cifa
     parts: Dict[str, List[torch.Tensor]] = {k: [] for k in SCORE_PARTS}
     for i in range(0, images.shape[0], batch_size):
         x = to_float(images[i:i + batch_size].to(device))  # (b, 3, H, W)
-        out = model(x)
-        x_hat, z = out["x_hat"].float(), out["z"].float()
+        out = model(x, with_stages=bank is not None or anomaly_bank is not None)
+        x_hat, z, stages = out["x_hat"].float(), out["z"].float(), out.get("stages")
         parts["l1"].append(L.per_image_l1(x, x_hat))
         parts["patch"].append(L.per_image_patch_error(x, x_hat, cfg.patch_size, cfg.patch_top_k))
         parts["latent"].append(L.per_image_latent_error(z, out["z_rec"].float()))
-        stages = model.features.stages(x) if bank is not None or anomaly_bank is not None else None
         if bank is not None:
             parts["nearest"].append(torch.cdist(z, bank.codes.to(z)).min(dim=1).values)  # (b, M) -> (b,)
             parts["features"].append(_nearest_cosine(stages, bank.stages))
