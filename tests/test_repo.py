@@ -73,6 +73,20 @@ def test_papermill_reads_every_parameter(nb_path):
     assert set(pm.inspect_notebook(str(nb_path))) == set(_parameters(nb_path))
 
 
+def test_notebook_05_defaults_are_the_library_defaults():
+    """A parameter of notebook 05 that is a CifarConfig setting has CifarConfig's default: a default
+    chosen on validation data (README) is changed in one place only if the other is forgotten."""
+    import dataclasses
+
+    from transgan_lib.cifar.config import CifarConfig
+    defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+                for f in dataclasses.fields(CifarConfig)}
+    params = _parameters(ROOT / "notebooks" / "05_cifar_dual_discriminator.ipynb")
+    shared = sorted(set(params) & set(defaults))
+    assert len(shared) >= 20, shared
+    assert {k: params[k] for k in shared} == {k: defaults[k] for k in shared}
+
+
 def test_ci_runs_readme_test_command():
     readme = (ROOT / "README.md").read_text()
     ci = (ROOT / ".ci" / "run").read_text()
