@@ -74,8 +74,8 @@ def test_papermill_reads_every_parameter(nb_path):
 
 
 def test_notebook_05_defaults_are_the_library_defaults():
-    """A parameter of notebook 05 that is a CifarConfig setting has CifarConfig's default: a default
-    chosen on validation data (README) is changed in one place only if the other is forgotten."""
+    """A parameter of notebook 05 that is a CifarConfig setting has CifarConfig's default, so a default
+    chosen on validation data (README) cannot change in one of the two and not in the other."""
     import dataclasses
 
     from transgan_lib.cifar.config import CifarConfig
