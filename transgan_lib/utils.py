@@ -3,10 +3,13 @@ autocast, atomic file writes, progress display."""
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
+import math
 import os
 import platform
 import random
+import re
 import sys
 import tempfile
 import time
@@ -79,12 +82,48 @@ def autocast(device: torch.device, dtype) -> contextlib.AbstractContextManager:
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def _file_mode() -> int:
+    """The mode a new file gets under this process's umask (mkstemp alone gives 0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_stale_temp_files(path: PathLike) -> list:
+    """Delete the temporary files `atomic_write` left beside `path` when its writer was killed (the
+    writer's pid, in the name, no longer runs; older names carry none); returns the paths removed."""
+    path = Path(path)
+    removed = []
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        match = re.fullmatch(r"(?:(\d+)\.)?[^.]+\.tmp", tmp.name[len(path.name) + 2:])
+        if match and not (match.group(1) and _pid_alive(int(match.group(1)))):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+                removed.append(tmp)
+    return removed
+
+
 def atomic_write(path: PathLike, write_fn, mode: str = "wb") -> Path:
-    """Call `write_fn(file)` on a temp file in the same folder, fsync, then rename over `path`."""
+    """Call `write_fn(file)` on a temp file in the same folder, fsync, then rename over `path`.
+
+    The file gets the umask's mode (as `open` would give it); temp files that a killed writer left
+    beside `path` are removed first."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    remove_stale_temp_files(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
     try:
+        os.fchmod(fd, _file_mode())
         with os.fdopen(fd, mode) as f:
             write_fn(f)
             f.flush()
@@ -102,8 +141,46 @@ def atomic_torch_save(obj: Any, path: PathLike) -> Path:
     return atomic_write(path, lambda f: torch.save(obj, f))
 
 
+def json_ready(obj: Any) -> Any:
+    """`obj` with every non-finite float (nan, inf) as None and numpy / torch values as plain ones, so
+    that strict JSON parsers (JavaScript, jq) read the file."""
+    if isinstance(obj, dict):
+        return {k: json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_ready(v) for v in obj]
+    if isinstance(obj, (np.ndarray, torch.Tensor)):
+        return json_ready(obj.tolist())
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    return obj
+
+
+def to_json(obj: Any, indent: int = 2) -> str:
+    """Strict JSON text (no NaN or Infinity tokens: `json_ready`)."""
+    return json.dumps(json_ready(obj), indent=indent, default=str, allow_nan=False)
+
+
 def atomic_write_json(obj: Any, path: PathLike) -> Path:
-    return atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2, default=float)), mode="w")
+    return atomic_write(path, lambda f: f.write(to_json(obj)), mode="w")
+
+
+def check_writable(folder: PathLike, what: str = "output folder") -> Path:
+    """Create `folder` if needed and check a file can be written there, before any long work; a
+    PermissionError (or other OSError) naming the folder and the fix otherwise."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-check.")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise PermissionError(f"cannot write to the {what} {folder} ({e.strerror or e}): choose a folder you "
+                              "can write to (or fix its permissions) before starting") from e
+    return folder
 
 
 def atomic_write_text(text: str, path: PathLike) -> Path:
