@@ -6,6 +6,8 @@ rebuilt from it (`from_dict`). Notebook `parameters` cells use the same names.
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional, Tuple
 
@@ -55,6 +57,40 @@ def dataclass_from_dict(cls, d: Dict[str, Any]):
     return cls(**kwargs)
 
 
+def check_number(cfg, name: str, kind: type = float, *, low: float = None, high: float = None,
+                 low_open: bool = False, high_open: bool = False, optional: bool = False) -> None:
+    """ConfigError unless `cfg.<name>` is a number of `kind` (int: a whole number, a float such as
+    10.0 becomes 10) in the range [low, high] (`low_open` / `high_open`: that end excluded); None
+    passes when `optional`. Papermill passes a mistyped value as text (`-p epochs ten`): refused here,
+    before any work, instead of deep inside the training loop."""
+    value, where = getattr(cfg, name), f"{type(cfg).__name__}.{name}"
+    if value is None and optional:
+        return
+    if kind is int and isinstance(value, float) and value.is_integer():
+        value = int(value)
+        setattr(cfg, name, value)
+    numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not numeric or (kind is int and not isinstance(value, int)) or not math.isfinite(value):
+        raise ConfigError(f"{where} must be {'a whole number' if kind is int else 'a number'}"
+                          f"{' or None' if optional else ''}, got {value!r} ({type(value).__name__})")
+    too_low = low is not None and (value <= low if low_open else value < low)
+    too_high = high is not None and (value >= high if high_open else value > high)
+    if too_low or too_high:
+        lo = "" if low is None else f"{'>' if low_open else '>='} {low:g}"
+        hi = "" if high is None else f"{'<' if high_open else '<='} {high:g}"
+        raise ConfigError(f"{where} must be {' and '.join(t for t in (lo, hi) if t)}, got {value!r}")
+
+
+def check_choice(cfg, name: str, allowed) -> None:
+    """ConfigError unless `cfg.<name>` is one of `allowed`, with a "did you mean" for a near miss."""
+    value = getattr(cfg, name)
+    if value in tuple(allowed):
+        return
+    close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    raise ConfigError(f"{type(cfg).__name__}.{name} must be one of {tuple(allowed)}, got {value!r}.{hint}")
+
+
 @dataclass
 class ModelConfig(SavedConfig):
     """TransGAN generator + discriminator architecture.
@@ -82,8 +118,10 @@ class ModelConfig(SavedConfig):
     global_affine: bool = True
 
     def __post_init__(self):
-        if self.model_size not in MODEL_PRESETS:
-            raise ConfigError(f"model_size must be one of {list(MODEL_PRESETS)}, got {self.model_size!r}")
+        check_choice(self, "model_size", MODEL_PRESETS)
+        check_number(self, "image_size", int, low=8)
+        check_number(self, "latent_dim", int, low=1)
+        check_number(self, "channels", int, low=1)
         for k, v in MODEL_PRESETS[self.model_size].items():
             if getattr(self, k) is None:
                 setattr(self, k, v)
@@ -167,12 +205,21 @@ class TrainConfig(SavedConfig):
                    "output_dir", "amp", "model", "deterministic")
 
     def __post_init__(self):
-        if self.loss not in ("wgan-gp", "hinge"):
-            raise ConfigError(f"loss must be 'wgan-gp' or 'hinge', got {self.loss!r}")
-        if self.n_critic < 1:
-            raise ConfigError("n_critic must be >= 1")
-        if self.objective not in OBJECTIVES:
-            raise ConfigError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        check_choice(self, "loss", ("wgan-gp", "hinge"))
+        check_choice(self, "objective", OBJECTIVES)
+        check_choice(self, "amp", AMP_MODES)
+        for name in ("epochs", "batch_size", "n_critic", "sample_every", "checkpoint_every", "latent_dim"):
+            check_number(self, name, int, low=1)
+        for name in ("threads", "num_workers"):
+            check_number(self, name, int, low=0)
+        check_number(self, "seed", int)
+        check_number(self, "lr", low=0, low_open=True)
+        for name in ("beta1", "beta2", "val_fraction"):
+            check_number(self, name, low=0, high=1, high_open=True)
+        check_number(self, "ema_decay", low=0, high=1)
+        for name in ("gp_weight", "drift_weight", "grad_clip"):
+            check_number(self, name, low=0)
+        check_diffaug(self.diffaug)
         self.restore_config()  # validate early
         self.model_config()  # validate early
 
@@ -185,6 +232,20 @@ class TrainConfig(SavedConfig):
 
 
 OBJECTIVES = ("gan", "restore")
+AMP_MODES = ("auto", "bf16", "fp16", "off")
+
+
+def check_diffaug(policy) -> None:
+    """ConfigError unless `policy` is a comma-separated list of DiffAugment ops ("" or "none": none)."""
+    if isinstance(policy, str) and policy.strip().lower() == "none":
+        return
+    ops = [op.strip() for op in str(policy or "").split(",") if op.strip()]
+    unknown = [op for op in ops if op not in DIFFAUG_OPS]
+    if not isinstance(policy, (str, type(None))) or unknown:
+        raise ConfigError(f"TrainConfig.diffaug must list ops from {DIFFAUG_OPS} separated by commas, got {policy!r}")
+
+
+DIFFAUG_OPS = ("color", "translation", "cutout")
 
 
 @dataclass
@@ -208,9 +269,12 @@ class RestoreConfig(SavedConfig):
     def __post_init__(self):
         if self.head_input not in ("both", "input"):
             raise ConfigError(f"head_input must be 'both' or 'input', got {self.head_input!r}")
-        if self.enc_depth < 1 or self.head_dim < 1 or not 0 <= self.opacity_min <= 1 or not 0 < self.p_defect <= 1:
-            raise ConfigError(f"need enc_depth >= 1, head_dim >= 1, 0 <= opacity_min <= 1, 0 < p_defect <= 1; "
-                              f"got {self}")
+        check_number(self, "enc_depth", int, low=1)
+        check_number(self, "head_dim", int, low=1)
+        for name in ("l1_weight", "ssim_weight", "adv_weight", "seg_weight", "focal_gamma"):
+            check_number(self, name, low=0)
+        check_number(self, "opacity_min", low=0, high=1)
+        check_number(self, "p_defect", low=0, high=1, low_open=True)
 
 
 # Names shared by the mapping settings and the detection code (`detection.mapping`, `detection.maps`).
@@ -254,12 +318,17 @@ class MappingConfig(SavedConfig):
                 raise ConfigError(f"MappingConfig.{name} must be one of {allowed}, got {value!r}")
         if self.method == "encoder" and self.restarts != 1:
             raise ConfigError("method='encoder' has a single code per image; restarts must be 1")
-        if (self.iterations is not None and self.iterations < 0) or self.restarts < 1 or self.candidates < 0 \
-                or self.batch_size < 1 or self.synthetic_copies < 0 or self.sigma < 0:
-            raise ConfigError(f"need iterations >= 0, restarts >= 1, candidates >= 0, batch_size >= 1, "
-                              f"synthetic_copies >= 0, sigma >= 0; got {self}")
-        if not 0 < self.threshold_q <= 100:
-            raise ConfigError(f"threshold_q is a percentile in (0, 100], got {self.threshold_q}")
+        check_number(self, "iterations", int, low=0, optional=True)
+        for name in ("restarts", "batch_size"):
+            check_number(self, name, int, low=1)
+        for name in ("candidates", "synthetic_copies"):
+            check_number(self, name, int, low=0)
+        check_number(self, "seed", int)
+        # the search loss is (1 - λ)·R + λ·F: outside [0, 1] one term is rewarded for growing
+        check_number(self, "lambda_", low=0, high=1)
+        check_number(self, "lr", low=0, low_open=True)
+        check_number(self, "sigma", low=0)
+        check_number(self, "threshold_q", low=0, high=100, low_open=True)
 
 
 @dataclass
@@ -274,6 +343,10 @@ class EncoderConfig(SavedConfig):
     model_size: str = "tiny"
 
     def __post_init__(self):
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ConfigError(f"need epochs >= 1 and batch_size >= 1, got {self.epochs}, {self.batch_size}")
+        for name in ("epochs", "batch_size"):
+            check_number(self, name, int, low=1)
+        check_number(self, "lr", low=0, low_open=True)
+        check_number(self, "kappa", low=0)
+        check_number(self, "seed", int)
+        check_choice(self, "model_size", MODEL_PRESETS)
 

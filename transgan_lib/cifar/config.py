@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Dict, Optional, Tuple, Union
 
-from ..config import ConfigError, ModelConfig, dataclass_from_dict
+from ..config import AMP_MODES, ConfigError, ModelConfig, check_choice, check_number, dataclass_from_dict
 from ..runs import RunPaths, cifar_root, cifar_run_dir, run_paths
 from .data import DATASETS
 from .losses import D_LOSSES
@@ -96,9 +96,22 @@ class CifarConfig:
         unknown = sorted(set(self.score_weights) - set(SCORE_PARTS))
         if unknown:
             raise ConfigError(f"score_weights has unknown parts {unknown}; known: {list(SCORE_PARTS)}")
-        if self.epochs < 0 or self.batch_size < 1 or self.checkpoint_every < 1:
-            raise ConfigError(f"need epochs >= 0, batch_size >= 1, checkpoint_every >= 1; got {self.epochs}, "
-                              f"{self.batch_size}, {self.checkpoint_every}")
+        check_number(self, "epochs", int, low=0)  # 0: the untrained model, scored (a floor)
+        for name in ("batch_size", "checkpoint_every", "image_size", "latent_dim", "head_hidden", "patch_size",
+                     "patch_top_k"):
+            check_number(self, name, int, low=1)
+        for name in ("anomaly_batch_size", "max_train_images", "max_test_images"):
+            check_number(self, name, int, low=1, optional=True)
+        check_number(self, "seed", int)
+        for name in ("labelled_anomaly_ratio", "val_fraction", "beta1", "beta2"):
+            check_number(self, name, low=0, high=1, high_open=True)
+        check_number(self, "ema_decay", low=0, high=1)
+        for name in ("lr", "abc_eps"):
+            check_number(self, name, low=0, low_open=True)
+        for name in ("grad_clip",) + tuple(f"w_{loss}" for loss in LOSS_NAMES):
+            check_number(self, name, low=0)
+        check_number(self, "threshold_percentile", low=0, high=100, low_open=True)
+        check_choice(self, "amp", AMP_MODES)
         if self.image_size % self.patch_size:
             raise ConfigError(f"image_size {self.image_size} must be a multiple of patch_size {self.patch_size}")
         self.model_config()  # validate early
