@@ -17,6 +17,7 @@ are installed.
 """
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import re
@@ -25,7 +26,7 @@ import sys
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Callable, List, Mapping, Optional, Sequence
+from typing import Callable, List, Mapping, Optional, Sequence, Tuple
 
 REPO_URL = "https://github.com/transgan-anomaly/transgan-anomaly"
 DISTRIBUTION = "transgan-anomaly"  # the name pip knows the package by (pyproject.toml)
@@ -146,6 +147,41 @@ def default_paths(runtime: str, *, content=Path("/content"), kaggle=Path("/kaggl
     return {"data_root": None, "output_dir": None}
 
 
+# ----------------------------------------------------------------------------- parameters
+PARAMETERS_HEADER = "# 3. Parameters"  # the first line of every notebook's `parameters` cell
+INJECTED_HEADER = "# Parameters"  # the first line of the cell papermill injects after it
+
+
+class ParameterError(ValueError):
+    """A notebook was given a parameter its `parameters` cell does not have."""
+
+
+def assigned_names(source: str) -> List[str]:
+    """The names a cell assigns at its top level (`name = value`), in order."""
+    import ast
+    names = []
+    for node in ast.parse(source).body:
+        targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
+        names += [t.id for t in targets if isinstance(t, ast.Name)]
+    return names
+
+
+def unknown_parameters(history: Sequence[str]) -> List[Tuple[str, Optional[str]]]:
+    """(name, closest known name or None) for every name papermill injected (`-p name value`) that the
+    notebook's own parameters cell does not define, from the cells run so far (`In`, oldest first)."""
+    declared, passed = None, []
+    for source in history:
+        head = source.lstrip()
+        if head.startswith(PARAMETERS_HEADER):
+            declared, passed = assigned_names(source), []
+        elif declared is not None and head.startswith(INJECTED_HEADER + "\n"):
+            passed += assigned_names(source)
+    if declared is None:
+        return []
+    return [(name, next(iter(difflib.get_close_matches(name, declared, n=1)), None))
+            for name in dict.fromkeys(passed) if name not in declared]
+
+
 @dataclass(frozen=True)
 class NotebookRuntime:
     """Where a notebook runs and the runtime's default paths (None: keep the notebook's own)."""
@@ -165,6 +201,17 @@ class NotebookRuntime:
                 value = default
             out.append(value)
         return tuple(out)
+
+    @staticmethod
+    def check_parameters(namespace: Mapping) -> None:
+        """ParameterError naming every parameter papermill passed that this notebook does not have, with
+        the closest known name (papermill itself only warns, and a typo such as `-p epoch 1` would run
+        with the default 350 epochs). `namespace`: the notebook's globals(), whose `In` is its history."""
+        unknown = unknown_parameters(list(namespace.get("In") or []))
+        if unknown:
+            raise ParameterError("unknown parameter(s) for this notebook: " + "; ".join(
+                f"{name!r}" + (f" (did you mean {close!r}?)" if close else "") for name, close in unknown)
+                + ". Its parameters are the names in its `parameters` cell (cell 3).")
 
 
 def _inline_figures() -> None:
