@@ -13,12 +13,13 @@ Expected folder layout (the layout of the official MVTec AD archive)::
     <data_root>/<category>/ground_truth/<defect>/<stem>_mask.png
 
 Any category folder in this layout works, not only the 15 official ones (the embedded demo
-category of `transgan_lib.demo` uses it too). Every layout problem raises `DatasetError` when the
+category of `transgan_lib.data.demo` uses it too). Every layout problem raises `DatasetError` when the
 dataset is constructed, so a user learns about it before training.
 """
 from __future__ import annotations
 
 import difflib
+import warnings
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -35,7 +36,7 @@ MVTEC_CATEGORIES: Tuple[str, ...] = (
     "bottle", "cable", "capsule", "carpet", "grid", "hazelnut", "leather", "metal_nut",
     "pill", "screw", "tile", "toothbrush", "transistor", "wood", "zipper",
 )
-IMAGE_EXTENSIONS: Tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp")
+IMAGE_EXTENSIONS: Tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 MVTEC_URL = "https://www.mvtec.com/company/research/datasets/mvtec-ad"
 GOOD = "good"
 # Defaults shared with `transgan_lib.demo` (kept here so the messages below can name them).
@@ -56,7 +57,7 @@ class DatasetError(ValueError):
 
 # ----------------------------------------------------------------------------- files
 def list_images(folder: PathLike) -> List[Path]:
-    """Image files (.png/.jpg/.jpeg/.bmp, any case) directly in `folder`, sorted by name.
+    """Image files (.png/.jpg/.jpeg/.bmp/.tif/.tiff, any case) directly in `folder`, sorted by name.
 
     Hidden files (e.g. macOS `._000.png` resource forks) are skipped.
     """
@@ -68,19 +69,40 @@ def list_images(folder: PathLike) -> List[Path]:
                   and not p.name.startswith("."))
 
 
+# 16-bit images are scaled by their bit depth, the same for every image (scaling each by its own
+# maximum made two frames of one scene load far apart); one whose values stay below this is likely a
+# 12-bit camera frame stored in 16 bits, and a note says so.
+SIXTEEN_BIT_MAX = 65535
+TWELVE_BIT_LIMIT = 4096
+_NOTES_GIVEN: set = set()
+
+
+def _note_once(kind: str, message: str) -> None:
+    """A warning of `kind` once per process (a dataset of 1,000 such files gets one note, not 1,000)."""
+    if kind not in _NOTES_GIVEN:
+        _NOTES_GIVEN.add(kind)
+        warnings.warn(message, stacklevel=3)
+
+
 def _open_rgb(path: Path) -> Image.Image:
+    """The file as a PIL image: "RGB" (8 bit), or "F" (grey, float in [0, 255]) for 16/32-bit grey."""
     with Image.open(path) as img:
         img.load()  # decode now, inside the caller's try: truncated files raise here
-        return _to_rgb(img)
+        return _to_rgb(img, path)
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
+def _to_rgb(img: Image.Image, path: Optional[Path] = None) -> Image.Image:
     if img.mode == "I" or img.mode.startswith("I;16"):
-        # 16/32-bit grayscale: rescale to 8 bit (PIL's convert would clip at 255)
-        arr = np.asarray(img, dtype=np.float32)
-        if arr.max() > 255:
-            arr = arr / 65535.0 * 255.0
-        img = Image.fromarray(np.clip(arr, 0, 255).round().astype(np.uint8))
+        # 16-bit grey: divide by the bit depth, not the image's own maximum; kept as float ("F") so the
+        # 16-bit precision survives the resize (an 8-bit round would leave a 12-bit frame 16 levels)
+        arr = np.asarray(img, dtype=np.float64)
+        if arr.max() < TWELVE_BIT_LIMIT:
+            _note_once("12-bit", f"16-bit image(s) whose values stay below {TWELVE_BIT_LIMIT} (e.g. {path}, max "
+                          f"{arr.max():.0f}): probably 12-bit camera frames; they are scaled by {SIXTEEN_BIT_MAX} "
+                          "like every 16-bit image, so they load dark. Rescale them to the full 16-bit range (or "
+                          "save them as 8-bit) for a brighter input")
+        return Image.fromarray((np.clip(arr, 0, SIXTEEN_BIT_MAX) * (255.0 / SIXTEEN_BIT_MAX)).astype(np.float32),
+                               mode="F")
     if img.mode == "P":
         img = img.convert("RGBA")  # palette with transparency converts cleanly via RGBA
     return img.convert("RGB")  # L -> 3 equal channels; RGBA/LA drop alpha
@@ -89,17 +111,22 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 def load_image(path: PathLike, image_size: int) -> torch.Tensor:
     """Read an image file as a float tensor (3, image_size, image_size) in [-1, 1].
 
-    Grayscale, RGBA and palette images become RGB (grayscale gives 3 equal channels); the image
-    is resized with antialiased bilinear filtering (non-square images are stretched to square).
-    Raises DatasetError naming the file if it cannot be read or is truncated.
+    Grayscale, RGBA and palette images become RGB (grayscale gives 3 equal channels); 16-bit images
+    are scaled by 65535 (their bit depth); the image is resized with antialiased bilinear filtering
+    (a non-square image is stretched to square, with a note). Raises DatasetError naming the file if it
+    cannot be read or is truncated.
     """
     path = Path(path)
     try:
         img = _open_rgb(path)
+        if img.width != img.height:
+            _note_once("non-square", f"non-square images (e.g. {path}, {img.width}x{img.height}) are stretched to "
+                          f"{image_size}x{image_size}; crop them to square first to keep their proportions")
         img = img.resize((image_size, image_size), Image.Resampling.BILINEAR)
     except _READ_ERRORS as e:
         raise DatasetError(f"cannot read image {path}: {e}; delete or replace it") from e
-    x = pil_to_tensor(img).float()  # (3, H, W) in [0, 255]
+    x = torch.from_numpy(np.array(img, dtype=np.float32))  # (H, W, 3) or (H, W) in [0, 255]
+    x = x.permute(2, 0, 1) if x.ndim == 3 else x[None].expand(3, -1, -1)  # (3, H, W)
     return x / 127.5 - 1.0
 
 
@@ -169,7 +196,7 @@ def _missing_root_message(data_root: Path, category: str) -> str:
     return (f"data_root {data_root} is missing. Either download MVTec AD from {MVTEC_URL} "
             f"and extract it so that {data_root / category / 'train' / GOOD} exists, or use the "
             f"embedded demo category: category='{DEMO_CATEGORY_NAME}' and call "
-            f"transgan_lib.demo.prepare_data('{data_root}', '{DEMO_CATEGORY_NAME}') "
+            f"transgan_lib.data.demo.prepare_data('{data_root}', '{DEMO_CATEGORY_NAME}') "
             f"(or ensure_demo_data) once to build it")
 
 
@@ -188,7 +215,7 @@ def _missing_category_message(data_root: Path, category: str) -> str:
     if close and close[0] != category:
         msg += f" Did you mean '{close[0]}'?"
     if category == DEMO_CATEGORY_NAME:
-        msg += (f" Build the demo first: transgan_lib.demo.prepare_data('{data_root}', "
+        msg += (f" Build the demo first: transgan_lib.data.demo.prepare_data('{data_root}', "
                 f"'{DEMO_CATEGORY_NAME}').")
     elif category in MVTEC_CATEGORIES:
         msg += f" Get MVTec AD from {MVTEC_URL}."
@@ -244,7 +271,31 @@ def _scan_test(root: Path) -> Tuple[List[Tuple[Path, str]], Dict[Path, Path]]:
         img, expected = missing[0]
         raise DatasetError(f"{len(missing)} defect test image(s) have no mask; first: {img} "
                            f"expects mask {expected}. Add the masks or remove those images")
+    check_mask_sizes(masks)
     return items, masks
+
+
+def _file_size(path: Path, what: str) -> Tuple[int, int]:
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except _READ_ERRORS as e:
+        raise DatasetError(f"cannot read {what} {path}: {e}; delete or replace it") from e
+
+
+def check_mask_sizes(masks: Dict[Path, Path]) -> None:
+    """DatasetError unless every mask has its image's width and height (read from the file headers):
+    a mask of another size or aspect would be stretched onto the image and mark the wrong pixels."""
+    wrong = []
+    for image, mask in masks.items():
+        image_size, mask_size = _file_size(image, "image"), _file_size(mask, "mask")
+        if image_size != mask_size:
+            wrong.append(f"{mask} is {mask_size[0]}x{mask_size[1]} but its image {image} is "
+                         f"{image_size[0]}x{image_size[1]}")
+    if wrong:
+        raise DatasetError(f"{len(wrong)} mask(s) do not fit their image (a mask must have its image's width and "
+                           f"height): " + "; ".join(wrong[:5]) + ("; ..." if len(wrong) > 5 else "")
+                           + ". Resize or redraw those masks")
 
 
 # ----------------------------------------------------------------------------- dataset
