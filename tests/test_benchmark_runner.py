@@ -29,7 +29,7 @@ class FakeNotebookError(Exception):
 def fake_executor(calls, fail=("broken",)):
     """A stand-in for jobs.run_notebook: records (notebook, parameters), writes the executed copy and,
     for notebook 04, a metrics.json whose numbers depend on the category and method."""
-    def execute(name, out_dir, parameters, *, cwd, progress=True):
+    def execute(name, out_dir, parameters, *, cwd, progress=True, timeout=None):
         calls.append((name, dict(parameters)))
         if parameters["category"] in fail:
             raise FakeNotebookError("DatasetError", f"no training images under {parameters['category']}/train/good")

@@ -31,7 +31,7 @@ def fake_notebooks(monkeypatch):
     """run_notebook replaced: records each call and, for 04, writes metrics as the pipeline does."""
     calls = []
 
-    def run(name, out_dir, params, *, cwd, progress=True):
+    def run(name, out_dir, params, *, cwd, progress=True, timeout=None):
         calls.append((name, out_dir, dict(params)))
         if name == "04_residual_heatmaps":
             paths = run_paths(params["output_dir"], params["category"])

@@ -37,7 +37,7 @@ from typing import Any, Callable
 
 from .data.demo import DEMO_CATEGORIES
 from .data.mvtec import MVTEC_CATEGORIES
-from .jobs import DEMO_PARAMETERS, DEMO_RESTORE_PARAMETERS, NOTEBOOKS, run_notebook
+from .jobs import DEMO_PARAMETERS, DEMO_RESTORE_PARAMETERS, NOTEBOOK_TIMEOUTS, NOTEBOOKS, run_notebook
 from .runs import benchmark_results, run_paths
 from .utils import atomic_write_json, atomic_write_text
 
@@ -151,11 +151,18 @@ def describe_error(error: BaseException) -> str:
     return " ".join(f"{name}: {value}".split())[:500]
 
 
+def notebook_timeout(name: str, timeout: float | None = None) -> float:
+    """The time limit of one notebook: `timeout` when given, else its default (`jobs.NOTEBOOK_TIMEOUTS`)."""
+    return NOTEBOOK_TIMEOUTS[name] if timeout is None else float(timeout)
+
+
 def run_category(category: str, plan: dict[str, Any], defaults: dict[str, dict[str, Any]], *,
-                 output_dir: Path, progress: bool, execute: Callable = run_notebook) -> dict[str, Any]:
+                 output_dir: Path, progress: bool, execute: Callable = run_notebook,
+                 timeout: float | None = None) -> dict[str, Any]:
     """Run what is not finished of one category (02 once when a GAN method is asked, then 03 and 04 per
     method; "restore" runs its own 02 first); returns its record. Raises RuntimeError naming the notebook
-    (and method) that failed; what finished before stays recorded."""
+    (and method) that failed or ran past its time limit (`notebook_timeout`); what finished before stays
+    recorded."""
     paths = run_paths(output_dir, category)
     train_params = effective(TRAIN, plan["train"], defaults)
     record = read_record(paths.benchmark)
@@ -176,13 +183,15 @@ def run_category(category: str, plan: dict[str, Any], defaults: dict[str, dict[s
     try:
         if any(m != RESTORE for m, _, _ in todo) and record["train"] is None:
             t0 = time.perf_counter()
-            execute(TRAIN, paths.notebooks, plan["train"], cwd=Path.cwd(), progress=progress)
+            execute(TRAIN, paths.notebooks, plan["train"], cwd=Path.cwd(), progress=progress,
+                    timeout=notebook_timeout(TRAIN, timeout))
             record["train"] = {"parameters": train_params, "seconds": time.perf_counter() - t0}
             atomic_write_json(record, paths.benchmark)
         for method, params, wanted in todo:
             t0 = time.perf_counter()
             for stage in params:  # (02 for restore,) 03, 04
-                execute(stage, paths.notebooks / method, params[stage], cwd=Path.cwd(), progress=progress)
+                execute(stage, paths.notebooks / method, params[stage], cwd=Path.cwd(), progress=progress,
+                        timeout=notebook_timeout(stage, timeout))
             metrics = json.loads(paths.metrics.read_text())
             record["methods"][method] = {"parameters": wanted, "metrics": metrics,
                                          "seconds": time.perf_counter() - t0}
@@ -202,7 +211,7 @@ def _format_seconds(seconds: float) -> str:
 def run_benchmark(*, categories: str | None = None, data_root: str = "data/mvtec_ad",
                   output_dir: str = "runs/benchmark", overrides: dict[str, Any] | None = None,
                   methods: Sequence[str] = ("iterative",), progress: bool = True, command: str = "",
-                  execute: Callable = run_notebook) -> dict[str, Any]:
+                  execute: Callable = run_notebook, timeout: float | None = None) -> dict[str, Any]:
     """Run notebooks 02 -> 03 -> 04 on every category (see the module docstring) and write the tables.
 
     Args:
@@ -214,6 +223,8 @@ def run_benchmark(*, categories: str | None = None, data_root: str = "data/mvtec
         progress: stream the notebooks' progress lines (epoch, search step, ETA) and the stages.
         command: the command line, written into results.md.
         execute: the notebook executor (tests pass a stand-in).
+        timeout: seconds each notebook may run (None: `jobs.NOTEBOOK_TIMEOUTS`); a notebook past it is
+            stopped and its category recorded as failed, naming it.
     Returns:
         {"rows": table rows (with the mean rows), "errors": {category: message}, "files": {suffix: path}}.
     """
@@ -239,7 +250,7 @@ def run_benchmark(*, categories: str | None = None, data_root: str = "data/mvtec
         t0, n_calls = time.perf_counter(), len(calls)
         try:
             records[category] = run_category(category, plans[category], defaults, output_dir=output_path,
-                                             progress=progress, execute=counted)
+                                             progress=progress, execute=counted, timeout=timeout)
         except Exception as error:  # noqa: BLE001 (recorded; the other categories carry on)
             errors[category] = str(error)
             records[category] = read_record(run_paths(output_path, category).benchmark)

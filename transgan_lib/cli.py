@@ -18,23 +18,23 @@ import shlex
 import sys
 import warnings
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 import torch
 
 from .data.demo import DEMO_CATEGORIES
 from .detection.maps import MAP_KINDS
-from .jobs import DEMO_PARAMETERS, NOTEBOOKS, run_demo, run_demo_seeds  # noqa: F401 (re-exported)
-from .utils import atomic_write_text
+from .jobs import DEMO_PARAMETERS, DEMO_TIMEOUT, NOTEBOOKS, run_demo, run_demo_seeds  # noqa: F401 (re-exported)
+from .utils import atomic_write_text, check_writable
 
 
 def _load_folder(folder: Path, image_size: int, skip_bad: bool):
-    from .data.mvtec import DatasetError, list_images, load_image
+    from .data.mvtec import IMAGE_EXTENSIONS, DatasetError, list_images, load_image
     if not folder.is_dir():
         raise FileNotFoundError(f"--images {folder} is not a folder")
     paths = sorted(p for sub in [folder, *[d for d in folder.rglob("*") if d.is_dir()]] for p in list_images(sub))
     if not paths:
-        raise FileNotFoundError(f"no images (.png/.jpg/.jpeg/.bmp) found under {folder}")
+        raise FileNotFoundError(f"no images ({'/'.join(IMAGE_EXTENSIONS)}) found under {folder}")
     images, kept, errors = [], [], []
     for p in paths:
         try:
@@ -49,14 +49,31 @@ def _load_folder(folder: Path, image_size: int, skip_bad: bool):
     return torch.stack(images), kept
 
 
+def heatmap_names(folder: Path, paths: Sequence[Path]) -> Dict[Path, Path]:
+    """{image: its heatmap's path relative to the output folder}: the image's path relative to `folder`,
+    `<sub>/<stem>_heatmap.png`, so good/000.png and scratch/000.png keep apart. SystemExit naming the
+    images when two would still share a file (000.png beside 000.jpg)."""
+    names: Dict[Path, Path] = {}
+    by_name: Dict[Path, Path] = {}
+    for p in paths:
+        rel = p.relative_to(folder)
+        name = rel.with_name(f"{rel.stem}_heatmap.png")
+        if name in by_name:
+            raise SystemExit(f"cannot score: {by_name[name]} and {p} would both write the heatmap {name}; "
+                             "rename one of them (or score them from separate folders)")
+        by_name[name], names[p] = p, name
+    return names
+
+
 def _overrides(args) -> dict:
     """The search / map settings given as flags (None: not given, the evaluated run's is used)."""
     names = ("iterations", "restarts", "candidates", "lambda_", "map_kind", "sigma", "batch_size")
     return {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
 
 
-def _write_scores(out: Path, paths, images: torch.Tensor, scored) -> Path:
-    """scores.csv (path, score, AnoGAN parts, threshold, decision, heatmap) and a heatmap PNG per image."""
+def _write_scores(out: Path, paths, images: torch.Tensor, scored, names: Dict[Path, Path]) -> Path:
+    """scores.csv (path, score, AnoGAN parts, threshold, decision, heatmap) and a heatmap PNG per image,
+    at `out / names[path]`."""
     from .viz.explorer import explorer_figure
     from .viz.figures import save_figure
     out.mkdir(parents=True, exist_ok=True)
@@ -68,7 +85,7 @@ def _write_scores(out: Path, paths, images: torch.Tensor, scored) -> Path:
     for i, p in enumerate(paths):
         score = float(scored.scores[i])
         decision = "" if scored.decisions is None else ("anomalous" if scored.decisions[i] else "normal")
-        heatmap = out / f"{p.stem}_heatmap.png"
+        heatmap = out / names[p]
         fig = explorer_figure(arrays, i, threshold if threshold is not None else float("inf"))
         fig.suptitle(f"{p.name}: score {score:.4f} {decision}", fontsize=10)
         save_figure(fig, heatmap)
@@ -87,12 +104,15 @@ def _write_scores(out: Path, paths, images: torch.Tensor, scored) -> Path:
 def score_folder(args) -> Path:
     """Score every image under `args.images` with the evaluated run beside `args.checkpoint`
     (`detection.scoring.Scorer`: its search settings, map kind and threshold, unless given as
-    flags); writes scores.csv and <stem>_heatmap.png to `args.out`."""
+    flags); writes scores.csv and one heatmap per image to `args.out`, at the image's path relative
+    to `args.images` (`<sub>/<stem>_heatmap.png`)."""
     from .detection.scoring import Scorer
+    check_writable(args.out, "--out folder")  # before any work
     scorer = Scorer(args.checkpoint, method=args.method, device=args.device)
     images, paths = _load_folder(Path(args.images), scorer.image_size, args.skip_bad)
+    names = heatmap_names(Path(args.images), paths)
     scored = scorer.score(images, overrides=_overrides(args), threshold=args.threshold)
-    csv_path = _write_scores(Path(args.out), paths, images, scored)
+    csv_path = _write_scores(Path(args.out), paths, images, scored, names)
     print(f"scored {len(paths)} images with method={args.method}: {csv_path}")
     return csv_path
 
@@ -112,6 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
                            "(the study's TransGAN + AnoGAN search); default both")
     demo.add_argument("--seeds", type=int, default=1,
                       help="run seeds 0..N-1 (under <output-dir>/seeds/<k>/) and report mean ± std over them")
+    demo.add_argument("--timeout", type=float, default=DEMO_TIMEOUT,
+                      help="seconds each notebook may run before it is stopped and named (default %(default)g)")
     bench = sub.add_parser("benchmark", help="notebooks 02 -> 03 -> 04 on every category, one results table")
     bench.add_argument("--categories", default="mvtec",
                        help="'mvtec' (the 15 MVTec AD categories, default), 'all' (every folder under "
@@ -124,6 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--methods", default="iterative",
                        help="comma-separated methods (iterative, encoder, hybrid: the TransGAN; restore: the "
                             "restorer, trained by its own notebook 02), one row each")
+    bench.add_argument("--timeout", type=float, default=None,
+                       help="seconds each notebook may run before it is stopped and its category recorded as "
+                            "failed (default: 12 h for 02, 4 h for 03, 1 h for 04)")
     sub.add_parser("train", help="train a TransGAN (arguments: python -m transgan_lib train --help)",
                    add_help=False)
     score = sub.add_parser("score", help="score a folder of new images with a trained checkpoint")
@@ -161,7 +186,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     args = build_parser().parse_args(argv)
     if args.command == "demo":
         kwargs = dict(data_root=args.data_root, output_dir=args.output_dir, device=args.device, category=args.category,
-                      detectors=[d.strip() for d in args.detectors.split(",") if d.strip()])
+                      detectors=[d.strip() for d in args.detectors.split(",") if d.strip()], timeout=args.timeout)
         if args.seeds > 1:
             run_demo_seeds(seeds=args.seeds, **kwargs)
         else:
@@ -172,7 +197,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             run_benchmark(categories=args.categories, data_root=args.data_root, output_dir=args.output_dir,
                           overrides={name: parse_value(value) for name, value in args.parameter},
                           methods=[m.strip() for m in args.methods.split(",") if m.strip()],
-                          command="python -m transgan_lib " + shlex.join(argv))
+                          command="python -m transgan_lib " + shlex.join(argv), timeout=args.timeout)
         except BenchmarkError as error:
             raise SystemExit(f"benchmark: {error}") from None
     elif args.command == "score":

@@ -70,12 +70,25 @@ def environment_variable(name: str, value: str):
             os.environ[name] = old
 
 
-def run_notebook(name: str, out_dir: Path, parameters: dict, *, cwd: Path, progress: bool = True) -> Path:
+# Per-notebook time limits (seconds): a notebook still running after its limit is stopped and named, so a
+# hung kernel cannot stall a job forever. The demo's notebooks take 1-5 min each on 2 CPU cores.
+DEMO_TIMEOUT = 1800.0
+NOTEBOOK_TIMEOUTS = {"02_train_mvtec": 12 * 3600.0, "03_latent_mapping": 4 * 3600.0, "04_residual_heatmaps": 3600.0}
+
+
+class NotebookTimeout(TimeoutError):
+    """A notebook ran past its time limit and was stopped."""
+
+
+def run_notebook(name: str, out_dir: Path, parameters: dict, *, cwd: Path, progress: bool = True,
+                 timeout: Optional[float] = None) -> Path:
     """Execute notebooks/<name>.ipynb with papermill; the executed copy goes to out_dir.
 
     With `progress`, what the notebook prints is streamed to stdout as it runs, its progress as
     whole lines (epoch, loss, search step, ETA: `utils.LineProgress`, chosen through
-    $TRANSGAN_PROGRESS, which the kernel inherits); without, the notebook shows no progress."""
+    $TRANSGAN_PROGRESS, which the kernel inherits); without, the notebook shows no progress.
+    `timeout`: seconds for the whole notebook (None: no limit); past it the running cell is stopped,
+    the kernel shut down and NotebookTimeout names the notebook."""
     import papermill as pm
     src = NOTEBOOKS / f"{name}.ipynb"
     if not src.is_file():
@@ -86,9 +99,17 @@ def run_notebook(name: str, out_dir: Path, parameters: dict, *, cwd: Path, progr
     if progress:
         print(f"--- {name}: running, executed copy {dst}", flush=True)
     t0 = time.perf_counter()
-    with environment_variable(PROGRESS_ENV, "lines" if progress else "off"):
-        pm.execute_notebook(str(src), str(dst), parameters=parameters, cwd=str(cwd), kernel_name="python3",
-                            progress_bar=False, stdout_file=sys.stdout if progress else None)
+    # nbclient asks for each cell's limit as the cell starts: what is left of the notebook's
+    limits = {} if timeout is None else {"timeout_func": lambda cell: max(1, int(t0 + timeout - time.perf_counter()))}
+    try:
+        with environment_variable(PROGRESS_ENV, "lines" if progress else "off"):
+            pm.execute_notebook(str(src), str(dst), parameters=parameters, cwd=str(cwd), kernel_name="python3",
+                                progress_bar=False, stdout_file=sys.stdout if progress else None, **limits)
+    except TimeoutError as error:  # nbclient's CellTimeoutError
+        if timeout is None:
+            raise
+        raise NotebookTimeout(f"notebook {name} did not finish within its limit of {timeout:.0f} s and was stopped "
+                              f"(executed copy: {dst}); if it is only slow, raise the limit (--timeout)") from error
     if progress:
         print(f"--- {name}: done in {time.perf_counter() - t0:.1f} s", flush=True)
     return dst
@@ -96,11 +117,13 @@ def run_notebook(name: str, out_dir: Path, parameters: dict, *, cwd: Path, progr
 
 def run_demo(*, data_root: str = "data/mvtec_ad", output_dir: str = "runs", device: str = "auto",
              category: str = "demo", seed: int = 0, overrides: Optional[dict] = None,
-             detectors: Sequence[str] = tuple(DETECTORS), progress: bool = True) -> Dict[str, dict]:
+             detectors: Sequence[str] = tuple(DETECTORS), progress: bool = True,
+             timeout: Optional[float] = DEMO_TIMEOUT) -> Dict[str, dict]:
     """One run of the main job on `category` with `seed`; files under `<output_dir>/<category>/`
     (executed notebooks in notebooks/, the restorer's in notebooks/restore/). `overrides`:
-    {notebook name: {parameter: value}}, applied to every detector's notebooks. Returns
-    {method: its metrics} for `detectors` ("restore", "iterative"), in the order they ran."""
+    {notebook name: {parameter: value}}, applied to every detector's notebooks; `timeout`: seconds per
+    notebook (`run_notebook`). Returns {method: its metrics} for `detectors` ("restore", "iterative"),
+    in the order they ran."""
     unknown = [d for d in detectors if d not in DETECTORS]
     if unknown:
         raise ValueError(f"unknown detector(s) {unknown}; known: {list(DETECTORS)}")
@@ -113,7 +136,7 @@ def run_demo(*, data_root: str = "data/mvtec_ad", output_dir: str = "runs", devi
             params = {**params, "category": category, "data_root": data_root, "output_dir": output_dir,
                       **({"seed": seed, "device": device} if name in SEEDED else {}),
                       **(overrides or {}).get(name, {})}
-            run_notebook(name, folder, params, cwd=Path.cwd(), progress=progress)
+            run_notebook(name, folder, params, cwd=Path.cwd(), progress=progress, timeout=timeout)
         results[detector] = json.loads(paths.method_metrics(detector).read_text())
     print(f"\n{category}, seed {seed}: finished in {time.perf_counter() - start:.0f} s (a demo, not a benchmark).")
     print("\n".join(format_run(m, LABELS[d]) for d, m in results.items()))
@@ -127,17 +150,21 @@ def format_run(metrics: dict, label: str = "TransGAN") -> str:
     are computed at that detector's image size)."""
     from .detection.pipeline import verdict
     size = metrics.get("image_size")
-    lines = [f"  {label:<15} image AUROC {metrics['image_auroc']:.3f}  pixel AUROC {metrics['pixel_auroc']:.3f}  "
-             f"AUPRO {metrics['aupro']:.3f}  F1-max (oracle threshold) {metrics['image_f1_max']:.3f}"
+
+    def num(value):  # null in metrics.json: not available (see its "unavailable")
+        return "n/a" if value is None else f"{value:.3f}"
+    lines = [f"  {label:<15} image AUROC {num(metrics['image_auroc'])}  pixel AUROC {num(metrics['pixel_auroc'])}  "
+             f"AUPRO {num(metrics['aupro'])}  F1-max (oracle threshold) {num(metrics['image_f1_max'])}"
              + (f"  ({size} px)" if size else "")]
-    lines += [f"    floor {name:<9} image AUROC {row['image_auroc']:.3f}  pixel AUROC {row['pixel_auroc']:.3f}"
+    lines += [f"    floor {name:<9} image AUROC {num(row['image_auroc'])}  pixel AUROC {num(row['pixel_auroc'])}"
               for name, row in (metrics.get("baselines") or {}).items()]
     return "\n".join(lines + (["    " + verdict(metrics)] if verdict(metrics) else []))
 
 
 def run_demo_seeds(*, seeds: int, data_root: str = "data/mvtec_ad", output_dir: str = "runs",
                    device: str = "auto", category: str = "demo", overrides: Optional[dict] = None,
-                   detectors: Sequence[str] = tuple(DETECTORS), progress: bool = True) -> Dict[str, object]:
+                   detectors: Sequence[str] = tuple(DETECTORS), progress: bool = True,
+                   timeout: Optional[float] = DEMO_TIMEOUT) -> Dict[str, object]:
     """The main job for seeds 0 .. seeds-1, seed k under `<output_dir>/seeds/<k>/<category>/`; writes
     and returns the mean ± std over seeds (`metrics.summarize_seeds`) to
     `<output_dir>/seeds/<category>_summary.json`: the GAN's at the top level (as before), the
@@ -146,7 +173,7 @@ def run_demo_seeds(*, seeds: int, data_root: str = "data/mvtec_ad", output_dir: 
     for seed in range(seeds):
         runs.append(run_demo(data_root=data_root, output_dir=str(seed_output_dir(output_dir, seed)), device=device,
                              category=category, seed=seed, overrides=overrides, detectors=detectors,
-                             progress=progress))
+                             progress=progress, timeout=timeout))
     summary: Dict[str, object] = {"category": category, "seeds": list(range(seeds))}
     if "iterative" in runs[0]:
         summary.update(summarize_seeds([r["iterative"] for r in runs]))

@@ -265,7 +265,8 @@ def compute_metrics(
     defects: Optional[Sequence[str]] = None,
     threshold: Optional[float] = None,
 ) -> Dict[str, Any]:
-    """All metrics of one test set, as a JSON-serialisable dict of plain floats (nan stays nan).
+    """All metrics of one test set, as a dict of plain floats (nan where undefined; `utils.to_json` writes
+    it as null). A test set of one class gets "unavailable": {metric: reason} and no warning per metric.
 
     Args:
         labels: (B,) 1 = defective. scores: (B,) image scores.
@@ -289,6 +290,28 @@ def compute_metrics(
         m, a = _masks_maps(masks, maps)
         if m.shape[0] != y.size:
             raise ValueError(f"{m.shape[0]} masks/maps but {y.size} labels")
+    reason = single_class_reason(y)
+    with warnings.catch_warnings():
+        if reason:  # said once, in "unavailable", instead of one warning per metric
+            warnings.simplefilter("ignore")
+        result: Dict[str, Any] = _compute(y, s, m, a, defects, threshold)
+    if reason:
+        result["unavailable"] = {k: reason for k in ("image_auroc", "pixel_auroc", "aupro", "image_f1_max")
+                                 if result.get(k) is not None and np.isnan(result[k])}
+    return result
+
+
+def single_class_reason(labels: Any) -> str:
+    """Why AUROC, AUPRO and F1 cannot be computed on these labels ("" when both classes are there)."""
+    y = to_numpy(labels).ravel()
+    if np.unique(y).size >= 2:
+        return ""
+    only = "defective" if y.size and y.max() > 0 else "good"
+    return (f"the test set holds only {only} images ({y.size}): AUROC, AUPRO and F1 need both good and "
+            "defective test images")
+
+
+def _compute(y, s, m, a, defects, threshold) -> Dict[str, Any]:
     result: Dict[str, Any] = _subset_metrics(y, s, m, a, threshold)
     if threshold is not None:
         result["threshold"] = float(threshold)

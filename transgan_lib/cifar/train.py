@@ -45,9 +45,10 @@ from ..gan.stack import (
     optimizer_step,
     read_checkpoint,
     restore_checkpoint,
+    resume_message,
     save_checkpoint,
 )
-from ..utils import PathLike, autocast, autocast_dtype, resolve_device, seed_everything
+from ..utils import PathLike, autocast, autocast_dtype, check_writable, resolve_device, seed_everything
 from . import losses as L
 from .config import CifarConfig, run_dir, run_files
 from .data import (
@@ -265,7 +266,10 @@ def train_cifar(cfg: CifarConfig, split: Optional[AnomalySplit] = None,
     run = CifarRun(cfg=cfg, models=models, split=split, history=[], device=device, run_dir=run_dir(cfg),
                    ema=build_ema(models.model, cfg.ema_decay))
     path = run_files(cfg).checkpoint
+    check_writable(path.parent, "output folder")  # before any work
     start = _resume(run, opts, scaler, path) if cfg.resume and path.is_file() else 0
+    if start and cfg.progress:
+        print(resume_message(path, start, cfg.epochs), flush=True)
     for m in models:
         m.train()
     for epoch in range(start + 1, cfg.epochs + 1):

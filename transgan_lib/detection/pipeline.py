@@ -37,9 +37,9 @@ from ..data.mvtec import stack_dataset
 from ..data.splits import open_split, train_val_split
 from ..data.synthetic import cutpaste
 from ..gan.checkpoint import load_models, load_restorer
-from ..metrics import image_auroc, roc_points, threshold_from_normals
+from ..metrics import image_auroc, roc_points, single_class_reason, threshold_from_normals
 from ..runs import RunPaths, file_fingerprint, run_paths
-from ..utils import PathLike, atomic_write_json, resolve_device
+from ..utils import PathLike, atomic_write_json, check_writable, resolve_device
 from .baselines import run_baselines
 from .encoder_training import ensure_encoder
 from .evaluation import load_evaluation_masks, metrics_at_size
@@ -145,9 +145,10 @@ def run_mapping(config: MappingConfig, *, data_root: PathLike, category: str, ou
     """
     run, dev = run_paths(output_dir, category), resolve_device(device)
     checkpoint = detector_file(run, config.method)  # restorer.pt for method "restore"
-    fingerprints = {"checkpoint": file_fingerprint(checkpoint), "encoder": None}
+    check_writable(run.root, "output folder")  # before any work
     load = load_restorer if config.method == RESTORE_METHOD else load_models
-    G, D, model_config, train_config = load(checkpoint, dev)
+    G, D, model_config, train_config = load(checkpoint, dev)  # a missing checkpoint: "train first"
+    fingerprints = {"checkpoint": file_fingerprint(checkpoint), "encoder": None}
     splits = load_splits(data_root, category, train_config)  # ConfigError first without validation normals
     encoder, encoder_history = None, None
     if config.method in ("encoder", "hybrid"):
@@ -294,6 +295,7 @@ def evaluate(*, data_root: PathLike, category: str, output_dir: PathLike, method
         and the explorer widget).
     """
     start, run = time.perf_counter(), run_paths(output_dir, category)
+    check_writable(run.root, "output folder")  # before any work
     mapping = _checked_mapping(run, method)
     given = {"map_kind": map_kind, "sigma": sigma, "threshold_q": threshold_q}
     config = dataclasses.replace(mapping.config, **{k: v for k, v in given.items() if v is not None})
@@ -302,6 +304,9 @@ def evaluate(*, data_root: PathLike, category: str, output_dir: PathLike, method
     images, val_images = splits["test"]["images"], splits["val"]["images"]
     labels, defects = splits["test"]["labels"], splits["test"]["defects"]
     masks, size = load_evaluation_masks(data_root, category, images.shape[-1], mapping.test.paths, eval_size)
+    if single_class_reason(labels):
+        print(f"NOTE: {single_class_reason(labels)}; they are null in metrics.json, with the reason under "
+              "'unavailable'. Add test images of the missing class to measure the detector.")
     selection = select_map_kind(val_images, val, *((syn.images, syn.result) if syn else (None, None)),
                                 sigma=config.sigma)
     kind = selection["chosen"] if config.map_kind == "auto" else config.map_kind
@@ -368,7 +373,7 @@ def format_metrics(metrics: Dict[str, Any]) -> str:
 def verdict(metrics: Dict[str, Any]) -> str:
     """A warning when the GAN does not beat the mean-image floor (it has then learned nothing useful)."""
     floor = (metrics.get("baselines") or {}).get("mean_image", {}).get("image_auroc")
-    if floor is None or metrics.get("image_auroc") is None or metrics["image_auroc"] > floor:
+    if floor is None or metrics.get("image_auroc") is None or not metrics["image_auroc"] <= floor:  # nan: no verdict
         return ""
     return (f"WARNING: image AUROC {metrics['image_auroc']:.3f} does not beat the mean training image "
             f"({floor:.3f}): the generator has learned too little to reconstruct normal images; train longer "

@@ -123,8 +123,10 @@ def load_evaluated_run(checkpoint_or_run_dir: PathLike, method: str = "iterative
     """
     paths = run_paths_of(checkpoint_or_run_dir)
     if not model_file(paths, method).is_file():
-        raise FileNotFoundError(f"no checkpoint at {detector_file(paths, method)}"
-                                + ("" if method == RESTORE_METHOD else " (nor its weights.pt)"))
+        hint = ("method 'restore' scores with the restorer: train it first with notebook 02 and "
+                "-p objective restore (python -m transgan_lib demo --detectors restore on the demo)"
+                if method == RESTORE_METHOD else "train the TransGAN first with notebook 02 (nor is its weights.pt there)")
+        raise FileNotFoundError(f"no checkpoint at {detector_file(paths, method)}: {hint}")
     fingerprint = source_fingerprint(model_file(paths, method))
     mapping = None
     if paths.mapping(method).is_file():

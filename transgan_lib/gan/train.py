@@ -41,7 +41,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..config import ConfigError, ModelConfig, TrainConfig
 from ..runs import RunPaths, run_paths
-from ..utils import autocast, autocast_dtype, batch_images, progress_bar, seed_everything, set_determinism
+from ..utils import (autocast, autocast_dtype, batch_images, check_writable, progress_bar, seed_everything,
+                     set_determinism)
 from ..viz.figures import plot_history, save_figure, save_image_grid
 from . import restore
 from .augment import diff_augment
@@ -69,6 +70,7 @@ from .stack import (
     optimizer_step,
     rank,
     rank_zero_first,
+    resume_message,
     save_checkpoint,
     setup_distributed,
     world_size,
@@ -329,6 +331,8 @@ def train_gan(cfg: TrainConfig, train_set: Optional[Dataset] = None, val_set: Op
          "generator": EMA generator (eval mode), "discriminator": D, "step": int}
     """
     set_determinism(cfg.deterministic, cfg.threads)
+    if rank() == 0:
+        check_writable(run_paths(cfg.output_dir, cfg.category, cfg.objective).root, "output folder")  # before any work
     device, owns_group = setup_distributed(cfg.device)
     try:
         if train_set is None:
@@ -341,6 +345,8 @@ def train_gan(cfg: TrainConfig, train_set: Optional[Dataset] = None, val_set: Op
             st.fixed_z = restore.fixed_inputs(real_fixed, cfg)
         resumable = resume and ckpt_path.exists()
         epoch_state = resume_state(st, ckpt_path, world_size()) if resumable else None
+        if resumable and rank() == 0:
+            print(resume_message(ckpt_path, st.epoch, cfg.epochs, (epoch_state or {}).get("batch")), flush=True)
         st.G_train, st.D_train = wrap_ddp(st.G, device), wrap_ddp(st.D, device)
         _train_epochs(st, train_set, val_set, real_fixed, paths, epoch_state, max_steps, progress, callbacks)
         return {"history": st.history, "checkpoint": str(ckpt_path), "output_dir": str(paths.root),

@@ -9,6 +9,7 @@ Shape letters: B images, H, W height and width.
 """
 from __future__ import annotations
 
+import io
 from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
@@ -62,7 +63,8 @@ class ResidualExplorer:
     """ipywidgets explorer over the arrays of `metrics, arrays = pipeline.evaluate(...)`.
 
     `ResidualExplorer(arrays, threshold).widget` as a cell's last line shows it; headless
-    (papermill) it still builds and renders its first figure.
+    (papermill) it still builds and renders its first figure, as widget state only (no output capture:
+    see `render`).
     """
 
     def __init__(self, arrays: Dict[str, Any], threshold: float, *, defect_types: Optional[Sequence[str]] = None):
@@ -94,12 +96,18 @@ class ResidualExplorer:
         self.render()
 
     def render(self) -> Figure:
-        """Redraw for the current image and threshold; returns the figure (also kept on `.figure`)."""
-        from IPython.display import display
+        """Redraw for the current image and threshold; returns the figure (also kept on `.figure`).
+
+        The PNG is set as the Output widget's state (`append_display_data`), not captured with
+        `with self.output:` -- under papermill, nbclient's stand-in for a captured Output widget
+        answers on the shell channel while it waits there for the cell's reply, and that race left
+        the cell waiting forever (jupyter/nbclient#312)."""
+        from IPython.display import Image
         if self.image.value is None:
             return self.figure
         self.figure = explorer_figure(self.arrays, self.image.value, self.threshold.value)
-        self.output.clear_output(wait=True)
-        with self.output:
-            display(self.figure)
+        png = io.BytesIO()
+        self.figure.savefig(png, format="png", dpi=80, bbox_inches="tight")
+        self.output.outputs = ()
+        self.output.append_display_data(Image(data=png.getvalue(), format="png"))
         return self.figure
