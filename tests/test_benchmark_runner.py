@@ -268,3 +268,23 @@ def test_runner_on_two_demo_like_categories_end_to_end(demo_root, tmp_path, capf
     assert "demo_a / iterative: skipped, already finished" in printed and "demo_b / iterative: skipped" in printed
     assert "--- 02_train_mvtec: running" in printed  # only broken is tried again
     assert printed.count("--- ") == 1
+
+
+def test_every_notebook_runs_under_a_time_limit_and_a_stopped_one_is_named(tmp_path):
+    """A hung notebook 04 stalled a 15-category run forever; now each notebook has a limit."""
+    from transgan_lib.jobs import NOTEBOOK_TIMEOUTS, NotebookTimeout
+    limits, calls = {}, []
+    inner = fake_executor(calls)
+
+    def execute(name, out_dir, parameters, *, cwd, progress=True, timeout=None):
+        limits[name] = timeout
+        if name == "04_residual_heatmaps" and parameters["category"] == "hangs":
+            raise NotebookTimeout(f"notebook {name} did not finish within its limit of {timeout:.0f} s")
+        return inner(name, out_dir, parameters, cwd=cwd, progress=progress)
+    result = run_benchmark(categories="bottle,hangs", data_root=str(tmp_path / "data"),
+                           output_dir=str(tmp_path / "out"), execute=execute, progress=False)
+    assert limits == NOTEBOOK_TIMEOUTS
+    assert "04_residual_heatmaps" in result["errors"]["hangs"] and "bottle" not in result["errors"]
+    run_benchmark(categories="other", data_root=str(tmp_path / "data"), output_dir=str(tmp_path / "out"),
+                  execute=execute, progress=False, timeout=60)
+    assert set(limits.values()) == {60.0}

@@ -2,6 +2,7 @@
 the mean ± std over seeds of each; notebooks replaced by a stand-in that writes what 04 writes."""
 import ast
 import json
+import time
 
 import pytest
 
@@ -94,3 +95,25 @@ def test_cli_demo_passes_the_detectors(fake_notebooks, tmp_path):
     from transgan_lib.cli import main
     main(["demo", "--output-dir", str(tmp_path / "out"), "--data-root", str(tmp_path / "d"), "--detectors", "restore"])
     assert [p.get("method", p.get("objective")) for _, _, p in fake_notebooks] == ["restore"] * 3
+
+
+def test_a_notebook_past_its_time_limit_is_stopped_and_named(tmp_path, monkeypatch):
+    """A hung kernel (notebook 04's widget cell, twice) stalled the job forever: now it stops and says which."""
+    import nbformat
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("x = 1"), nbformat.v4.new_code_cell("import time\ntime.sleep(120)")]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, str(tmp_path / "99_sleepy.ipynb"))
+    monkeypatch.setattr(jobs, "NOTEBOOKS", tmp_path)
+    t0 = time.perf_counter()
+    with pytest.raises(jobs.NotebookTimeout, match="notebook 99_sleepy did not finish within its limit of 5 s"):
+        jobs.run_notebook("99_sleepy", tmp_path / "out", {}, cwd=tmp_path, progress=False, timeout=5)
+    assert time.perf_counter() - t0 < 60
+
+
+def test_the_main_job_gives_every_notebook_a_time_limit(fake_notebooks, monkeypatch, tmp_path):
+    limits = []
+    real = jobs.run_notebook
+    monkeypatch.setattr(jobs, "run_notebook", lambda *a, **kw: (limits.append(kw["timeout"]), real(*a, **kw))[1])
+    jobs.run_demo(data_root=str(tmp_path), output_dir=str(tmp_path / "runs"), progress=False)
+    assert len(limits) == 6 and set(limits) == {jobs.DEMO_TIMEOUT}

@@ -36,3 +36,18 @@ def test_explorer_filters_and_follows_the_threshold():
     fig = explorer_figure(arrays, 1, 0.5)
     pred_panel = fig.axes[3].images[0].get_array()  # axes: input, rec, overlay, masks, colorbar
     assert pred_panel[5, 5, 1] > 0.5 and pred_panel[0, 0].sum() == 0  # TP inside the square, TN outside
+
+
+def test_explorer_renders_without_capturing_output(monkeypatch):
+    """Under papermill, `with output:` capture made nbclient answer on the shell channel while it waited
+    there for the cell's reply, and the cell hung (2 of 4 runs of notebook 04 beside another kernel).
+    The figure goes into the widget's state instead."""
+    import ipywidgets
+
+    def refuse(self):
+        raise AssertionError("the explorer must not capture output (papermill hang)")
+    monkeypatch.setattr(ipywidgets.Output, "__enter__", refuse)
+    ex = ResidualExplorer(_arrays(), threshold=0.5)
+    assert len(ex.output.outputs) == 1 and "image/png" in ex.output.outputs[0]["data"]
+    ex.image.value = 1  # a redraw replaces the figure
+    assert len(ex.output.outputs) == 1
