@@ -231,14 +231,17 @@ def measure_encoder(G, D, E, test, args, device) -> Tuple[Dict[str, Any], Dict[s
     print(f"  encoder:   {t_enc / n * 1000:.2f} ms/image", flush=True)
     hybrid, t_hyb = timed(hybrid_run, device)
     print(f"  hybrid:    {t_hyb / n:.3f} s/image", flush=True)
-    return (make_row("encoder", 0, args.batch_size, n, t_enc, aurocs(images, runs[0][0].reconstructions, test, args.map_kind)),
-            make_row("hybrid", args.hybrid_iterations, args.batch_size, n, t_hyb, aurocs(images, hybrid.reconstructions, test, args.map_kind)))
+    return (make_row("encoder", 0, args.batch_size, n, t_enc,
+                     aurocs(images, runs[0][0].reconstructions, test, args.map_kind)),
+            make_row("hybrid", args.hybrid_iterations, args.batch_size, n, t_hyb,
+                     aurocs(images, hybrid.reconstructions, test, args.map_kind)))
 
 
 def baseline_row(train_images: torch.Tensor, test: Dict[str, Any], kind: str) -> Dict[str, Any]:
     maps, scores = mean_image_baseline(train_images, test["images"], kind=kind)
     row = make_row("mean-image baseline", None, None, test["images"].shape[0], float("nan"))
-    row.update(seconds_per_image=None, seconds_total=None, image_auroc=image_auroc(test["labels"], scores), pixel_auroc=pixel_auroc(test["masks"], maps))
+    row.update(seconds_per_image=None, seconds_total=None, image_auroc=image_auroc(test["labels"], scores),
+               pixel_auroc=pixel_auroc(test["masks"], maps))
     return row
 
 
@@ -266,7 +269,8 @@ def format_table(rows, speedups: Dict[str, str]) -> str:
               f"{'speed-up':<26} {'image AUROC':>11} {'pixel AUROC':>11}")
     lines = [header, "-" * len(header)]
     for r in rows:
-        lines.append(f"{r['method']:<20} {_fmt(r['iterations'], 'd'):>5} {_fmt(r['batch_size'], 'd'):>5} {r['images']:>6} "
+        lines.append(f"{r['method']:<20} {_fmt(r['iterations'], 'd'):>5} {_fmt(r['batch_size'], 'd'):>5} "
+                     f"{r['images']:>6} "
                      f"{_fmt(r['seconds_per_image'], '.4g'):>10} {speedups.get(r['method'], ''):<26} "
                      f"{_fmt(r['image_auroc'], '.3f'):>11} {_fmt(r['pixel_auroc'], '.3f'):>11}")
     return "\n".join(lines)

@@ -16,7 +16,7 @@ from PIL import Image
 
 from transgan_lib.cifar.config import CifarConfig
 from transgan_lib.config import ConfigError, EncoderConfig, MappingConfig, ModelConfig, RestoreConfig, TrainConfig
-from transgan_lib.data import mvtec
+from transgan_lib.data import images as image_files
 from transgan_lib.data.mvtec import DatasetError, MVTecAD, list_images, load_image
 from transgan_lib.metrics import compute_metrics
 from transgan_lib.utils import atomic_write_json, atomic_write_text, check_writable, remove_stale_temp_files
@@ -76,7 +76,7 @@ def _save16(path, value_max, size=24):
 
 
 def test_16_bit_frames_of_one_scene_load_alike_whatever_their_maximum(tmp_path, monkeypatch):
-    monkeypatch.setattr(mvtec, "_NOTES_GIVEN", set())
+    monkeypatch.setattr(image_files, "_NOTES_GIVEN", set())
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
         low = load_image(_save16(tmp_path / "a.png", 250), 16)
@@ -190,7 +190,8 @@ def test_a_single_class_test_set_gives_null_metrics_with_the_reason_in_strict_js
 
 
 def test_json_files_never_hold_nan_tokens(tmp_path):
-    path = atomic_write_json({"a": float("nan"), "b": [np.float32("inf"), 1], "c": np.float64(0.5)}, tmp_path / "x.json")
+    values = {"a": float("nan"), "b": [np.float32("inf"), 1], "c": np.float64(0.5)}
+    path = atomic_write_json(values, tmp_path / "x.json")
     assert json.loads(path.read_text()) == {"a": None, "b": [None, 1], "c": 0.5}
 
 
@@ -232,7 +233,7 @@ def test_tif_files_are_read(tmp_path):
 
 
 def test_a_non_square_image_is_stretched_with_a_note(tmp_path, monkeypatch):
-    monkeypatch.setattr(mvtec, "_NOTES_GIVEN", set())
+    monkeypatch.setattr(image_files, "_NOTES_GIVEN", set())
     Image.fromarray(np.zeros((30, 60, 3), np.uint8)).save(tmp_path / "wide.png")
     with pytest.warns(UserWarning, match="non-square images .*60x30.* stretched"):
         load_image(tmp_path / "wide.png", 16)

@@ -21,7 +21,8 @@ def test_score_command_writes_csv_and_heatmaps(trained_run, demo_root, tmp_path)
     assert len(rows) == 3
     assert all(r["decision"] == "anomalous" for r in rows)  # threshold 0: every image is flagged
     assert all(float(r["score"]) > 0 for r in rows)
-    assert sorted(p.name for p in out.glob("*_heatmap.png")) == sorted(f"{p.stem}_heatmap.png" for p in images.iterdir())
+    assert sorted(p.name for p in out.glob("*_heatmap.png")) == sorted(
+        f"{p.stem}_heatmap.png" for p in images.iterdir())
 
     (images / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     with pytest.raises(SystemExit, match="broken.png"):

@@ -268,7 +268,8 @@ def test_summarize_seeds_mean_and_sample_std():
              "baselines": {"patch_nn": {"image_auroc": 0.97, "pixel_auroc": 0.9, "aupro": 0.6, "image_f1_max": 0.9}}}]
     s = summarize_seeds(runs)
     assert s["n_seeds"] == 2
-    assert s["image_auroc"]["mean"] == pytest.approx(0.8) and s["image_auroc"]["std"] == pytest.approx(0.1414213, abs=1e-6)
+    assert s["image_auroc"]["mean"] == pytest.approx(0.8)
+    assert s["image_auroc"]["std"] == pytest.approx(0.1414213, abs=1e-6)
     assert s["pixel_auroc"]["std"] == 0.0 and s["aupro"]["min"] == 0.3 and s["aupro"]["max"] == 0.5
     assert s["baselines"]["patch_nn"]["image_auroc"]["mean"] == pytest.approx(0.96)
     assert summarize_seeds(runs[:1])["image_auroc"]["std"] == 0.0

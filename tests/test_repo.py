@@ -139,3 +139,17 @@ def test_readme_layout_table_matches_the_tree():
             listed |= {folder + name for name in re.findall(r"`([\w]+\.py)`", cells[1])}
     tree = {str(p.relative_to(ROOT)) for p in (ROOT / "transgan_lib").rglob("*.py") if p.name != "__init__.py"}
     assert listed == tree, f"README lists but missing: {sorted(listed - tree)}; not listed: {sorted(tree - listed)}"
+
+
+def test_ruff_passes():
+    """The linter CI runs (rules and line length 120 in pyproject.toml)."""
+    import shutil
+    import subprocess
+    import sys
+    if shutil.which("ruff") is None and subprocess.run([sys.executable, "-m", "ruff", "--version"],
+                                                       capture_output=True).returncode:
+        pytest.skip("ruff is not installed (pip install -e '.[test]')")
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", str(root)], capture_output=True,
+                          text=True, cwd=root)
+    assert done.returncode == 0, done.stdout + done.stderr

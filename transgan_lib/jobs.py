@@ -32,7 +32,8 @@ NOTEBOOKS = REPO_ROOT / "notebooks"
 # codes per image (see mapping.map_to_latent `candidates`). They were chosen on "demo" (partly by
 # its test AUROC, in early sessions); "demo_holdout" is never tuned on.
 DEMO_PARAMETERS = {
-    "02_train_mvtec": dict(category="demo", image_size=32, model_size="tiny", latent_dim=128, epochs=110, batch_size=16, lr=5e-4,
+    "02_train_mvtec": dict(category="demo", image_size=32, model_size="tiny", latent_dim=128, epochs=110, batch_size=16,
+                           lr=5e-4,
                            diffaug="translation,cutout", sample_every=10, checkpoint_every=10),
     "03_latent_mapping": dict(category="demo", method="iterative", iterations=150, candidates=64, batch_size=64),
     "04_residual_heatmaps": dict(category="demo", method="iterative"),
@@ -191,7 +192,8 @@ def format_seed_summary(summary: dict) -> str:
     def cell(s):
         return f"{s['mean']:.3f} ± {s['std']:.3f} ({s['min']:.3f}-{s['max']:.3f})"
     names = {"image_f1_max": "image_f1_max (oracle threshold)"}
-    head = "| | " + " | ".join(names.get(k, k) for k in SEED_SUMMARY_KEYS) + " |\n|---|" + "---|" * len(SEED_SUMMARY_KEYS)
+    head = ("| | " + " | ".join(names.get(k, k) for k in SEED_SUMMARY_KEYS) + " |\n|---|"
+            + "---|" * len(SEED_SUMMARY_KEYS))
     rows = []
     for label, part in (("restorer", summary.get("restorer")), ("TransGAN AnoGAN", summary)):
         if not part or SEED_SUMMARY_KEYS[0] not in part:

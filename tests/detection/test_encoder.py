@@ -94,7 +94,8 @@ def test_encoder_file_records_its_settings_and_epochs_done(trained):
     assert "another GAN checkpoint" in reuse_problem(meta, "runs/demo/other.pt", asked)
     assert "other settings" in reuse_problem(meta, "runs/demo/last.pt", EncoderConfig(epochs=6, batch_size=8, lr=1e-4))
     assert "completed 6 of the 8" in reuse_problem({**meta, "settings": {**meta["settings"], "epochs": 8}},
-                                                   "runs/demo/last.pt", EncoderConfig(**{**asked.to_dict(), "epochs": 8}))
+                                                   "runs/demo/last.pt",
+                                                   EncoderConfig(**{**asked.to_dict(), "epochs": 8}))
 
 
 def test_an_encoder_trained_for_fewer_epochs_than_asked_is_not_reused(models, normals, tmp_path, capsys):

@@ -22,7 +22,8 @@ def test_weights_export_loads_the_same_models(trained_run):
         sa, sb = a.state_dict(), b.state_dict()
         assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
     # the weights file names the checkpoint it came from, so mapping files made with one match the other
-    assert source_fingerprint(paths.weights) == file_fingerprint(paths.checkpoint) == source_fingerprint(paths.checkpoint)
+    fingerprint = file_fingerprint(paths.checkpoint)
+    assert source_fingerprint(paths.weights) == fingerprint == source_fingerprint(paths.checkpoint)
     assert scoring_file(paths) == paths.checkpoint
 
 

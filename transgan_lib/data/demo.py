@@ -80,7 +80,8 @@ DEMO_SPECS: Dict[str, DemoSpec] = {
     DEMO_CATEGORY: DemoSpec("brick", 128, 4.0, (1.10, 0.86, 0.70), DEMO_DEFECTS),  # terracotta
     HOLDOUT_CATEGORY: DemoSpec("grass", 160, 4.0, (0.80, 1.08, 0.72), HOLDOUT_DEFECTS),  # green
     GRAVEL_CATEGORY: DemoSpec("gravel", 128, 4.0, (0.98, 0.93, 0.84), ("hole", "scratch", "stain")),  # beige
-    TISSUE_CATEGORY: DemoSpec("immunohistochemistry", 192, 4.0, (1.06, 0.82, 0.98), ("fold", "patch", "scratch")),  # pink
+    TISSUE_CATEGORY: DemoSpec("immunohistochemistry", 192, 4.0, (1.06, 0.82, 0.98),  # pink
+                              ("fold", "patch", "scratch")),
 }
 DEMO_CATEGORIES: Tuple[str, ...] = tuple(DEMO_SPECS)
 MARKER = ".demo_complete"

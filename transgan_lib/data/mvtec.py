@@ -1,4 +1,4 @@
-"""MVTec AD data layer: image/mask loading, the `MVTecAD` dataset, splits and stacking.
+"""MVTec AD data layer: the `MVTecAD` dataset, its layout checks, splits and stacking (files: `images`).
 
 Shape letters: N images, C channels (3 for images, 1 for masks), H, W height and width.
 Images are float tensors in [-1, 1] of shape (3, H, W); masks are float {0, 1} of shape (1, H, W).
@@ -19,24 +19,21 @@ dataset is constructed, so a user learns about it before training.
 from __future__ import annotations
 
 import difflib
-import warnings
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-import numpy as np
 import torch
-import torch.nn.functional as F
-from PIL import Image
 from torch.utils.data import Dataset, Subset
-from torchvision.transforms.functional import pil_to_tensor
 
 from ..utils import PathLike
+from .images import (  # noqa: F401 (re-exported: the names users import from here)
+    IMAGE_EXTENSIONS, SIXTEEN_BIT_MAX, TWELVE_BIT_LIMIT, DatasetError, _READ_ERRORS, check_mask_sizes, list_images,
+    load_image, load_mask, mask_file_size, resize_mask)
 
 MVTEC_CATEGORIES: Tuple[str, ...] = (
     "bottle", "cable", "capsule", "carpet", "grid", "hazelnut", "leather", "metal_nut",
     "pill", "screw", "tile", "toothbrush", "transistor", "wood", "zipper",
 )
-IMAGE_EXTENSIONS: Tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 MVTEC_URL = "https://www.mvtec.com/company/research/datasets/mvtec-ad"
 GOOD = "good"
 # Defaults shared with `transgan_lib.demo` (kept here so the messages below can name them).
@@ -45,131 +42,6 @@ LAYOUT_HELP = ("Expected layout: <data_root>/<category>/train/good/*.png, "
                "<data_root>/<category>/test/<good|defect>/*.png, "
                "<data_root>/<category>/ground_truth/<defect>/<stem>_mask.png")
 
-_READ_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
-
-
-class DatasetError(ValueError):
-    """A data problem (missing folder, bad layout, missing mask, unreadable image).
-
-    The message names the path and says how to fix it.
-    """
-
-
-# ----------------------------------------------------------------------------- files
-def list_images(folder: PathLike) -> List[Path]:
-    """Image files (.png/.jpg/.jpeg/.bmp/.tif/.tiff, any case) directly in `folder`, sorted by name.
-
-    Hidden files (e.g. macOS `._000.png` resource forks) are skipped.
-    """
-    folder = Path(folder)
-    if not folder.is_dir():
-        return []
-    return sorted(p for p in folder.iterdir()
-                  if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-                  and not p.name.startswith("."))
-
-
-# 16-bit images are scaled by their bit depth, the same for every image (scaling each by its own
-# maximum made two frames of one scene load far apart); one whose values stay below this is likely a
-# 12-bit camera frame stored in 16 bits, and a note says so.
-SIXTEEN_BIT_MAX = 65535
-TWELVE_BIT_LIMIT = 4096
-_NOTES_GIVEN: set = set()
-
-
-def _note_once(kind: str, message: str) -> None:
-    """A warning of `kind` once per process (a dataset of 1,000 such files gets one note, not 1,000)."""
-    if kind not in _NOTES_GIVEN:
-        _NOTES_GIVEN.add(kind)
-        warnings.warn(message, stacklevel=3)
-
-
-def _open_rgb(path: Path) -> Image.Image:
-    """The file as a PIL image: "RGB" (8 bit), or "F" (grey, float in [0, 255]) for 16/32-bit grey."""
-    with Image.open(path) as img:
-        img.load()  # decode now, inside the caller's try: truncated files raise here
-        return _to_rgb(img, path)
-
-
-def _to_rgb(img: Image.Image, path: Optional[Path] = None) -> Image.Image:
-    if img.mode == "I" or img.mode.startswith("I;16"):
-        # 16-bit grey: divide by the bit depth, not the image's own maximum; kept as float ("F") so the
-        # 16-bit precision survives the resize (an 8-bit round would leave a 12-bit frame 16 levels)
-        arr = np.asarray(img, dtype=np.float64)
-        if arr.max() < TWELVE_BIT_LIMIT:
-            _note_once("12-bit", f"16-bit image(s) whose values stay below {TWELVE_BIT_LIMIT} (e.g. {path}, max "
-                          f"{arr.max():.0f}): probably 12-bit camera frames; they are scaled by {SIXTEEN_BIT_MAX} "
-                          "like every 16-bit image, so they load dark. Rescale them to the full 16-bit range (or "
-                          "save them as 8-bit) for a brighter input")
-        return Image.fromarray((np.clip(arr, 0, SIXTEEN_BIT_MAX) * (255.0 / SIXTEEN_BIT_MAX)).astype(np.float32),
-                               mode="F")
-    if img.mode == "P":
-        img = img.convert("RGBA")  # palette with transparency converts cleanly via RGBA
-    return img.convert("RGB")  # L -> 3 equal channels; RGBA/LA drop alpha
-
-
-def load_image(path: PathLike, image_size: int) -> torch.Tensor:
-    """Read an image file as a float tensor (3, image_size, image_size) in [-1, 1].
-
-    Grayscale, RGBA and palette images become RGB (grayscale gives 3 equal channels); 16-bit images
-    are scaled by 65535 (their bit depth); the image is resized with antialiased bilinear filtering
-    (a non-square image is stretched to square, with a note). Raises DatasetError naming the file if it
-    cannot be read or is truncated.
-    """
-    path = Path(path)
-    try:
-        img = _open_rgb(path)
-        if img.width != img.height:
-            _note_once("non-square", f"non-square images (e.g. {path}, {img.width}x{img.height}) are stretched to "
-                          f"{image_size}x{image_size}; crop them to square first to keep their proportions")
-        img = img.resize((image_size, image_size), Image.Resampling.BILINEAR)
-    except _READ_ERRORS as e:
-        raise DatasetError(f"cannot read image {path}: {e}; delete or replace it") from e
-    x = torch.from_numpy(np.array(img, dtype=np.float32))  # (H, W, 3) or (H, W) in [0, 255]
-    x = x.permute(2, 0, 1) if x.ndim == 3 else x[None].expand(3, -1, -1)  # (3, H, W)
-    return x / 127.5 - 1.0
-
-
-def resize_mask(mask: torch.Tensor, size: int) -> torch.Tensor:
-    """Resize a binary mask (1, H, W) to (1, size, size) so that no defect is lost.
-
-    Enlarging: nearest neighbour. Shrinking: a cell is defective iff any pixel it covers is
-    (adaptive max pooling, whose cells cover every pixel), so a scratch thinner than a cell keeps
-    pixels instead of vanishing as it would under nearest neighbour; regions grow by under a cell.
-    """
-    m = mask[None].float()  # (1, 1, H, W)
-    h, w = m.shape[-2:]
-    up = (max(h, size), max(w, size))
-    if up != (h, w):
-        m = F.interpolate(m, size=up, mode="nearest-exact")  # (1, 1, H', W'), each side >= size
-    if up != (size, size):
-        m = F.adaptive_max_pool2d(m, size)  # (1, 1, size, size)
-    return m[0]
-
-
-def load_mask(path: PathLike, image_size: int) -> torch.Tensor:
-    """Read a ground-truth mask as a float tensor (1, image_size, image_size) in {0, 1}.
-
-    Any pixel > 0 counts as defective; resized by `resize_mask` (a shrunk mask keeps every defect).
-    Raises DatasetError if unreadable.
-    """
-    path = Path(path)
-    try:
-        with Image.open(path) as img:
-            img.load()
-            img = img.convert("L")
-    except _READ_ERRORS as e:
-        raise DatasetError(f"cannot read mask {path}: {e}; delete or replace it") from e
-    return resize_mask((pil_to_tensor(img) > 0).float(), int(image_size))  # (1, S, S) from (1, H, W)
-
-
-def mask_file_size(path: PathLike) -> int:
-    """The larger side in pixels of a mask file (read from its header, no decoding)."""
-    try:
-        with Image.open(path) as img:
-            return max(img.size)
-    except _READ_ERRORS as e:
-        raise DatasetError(f"cannot read mask {path}: {e}; delete or replace it") from e
 
 
 def find_mask(category_root: Path, defect: str, image_path: Path) -> Optional[Path]:
@@ -273,29 +145,6 @@ def _scan_test(root: Path) -> Tuple[List[Tuple[Path, str]], Dict[Path, Path]]:
                            f"expects mask {expected}. Add the masks or remove those images")
     check_mask_sizes(masks)
     return items, masks
-
-
-def _file_size(path: Path, what: str) -> Tuple[int, int]:
-    try:
-        with Image.open(path) as img:
-            return img.size
-    except _READ_ERRORS as e:
-        raise DatasetError(f"cannot read {what} {path}: {e}; delete or replace it") from e
-
-
-def check_mask_sizes(masks: Dict[Path, Path]) -> None:
-    """DatasetError unless every mask has its image's width and height (read from the file headers):
-    a mask of another size or aspect would be stretched onto the image and mark the wrong pixels."""
-    wrong = []
-    for image, mask in masks.items():
-        image_size, mask_size = _file_size(image, "image"), _file_size(mask, "mask")
-        if image_size != mask_size:
-            wrong.append(f"{mask} is {mask_size[0]}x{mask_size[1]} but its image {image} is "
-                         f"{image_size[0]}x{image_size[1]}")
-    if wrong:
-        raise DatasetError(f"{len(wrong)} mask(s) do not fit their image (a mask must have its image's width and "
-                           f"height): " + "; ".join(wrong[:5]) + ("; ..." if len(wrong) > 5 else "")
-                           + ". Resize or redraw those masks")
 
 
 # ----------------------------------------------------------------------------- dataset

@@ -1,6 +1,6 @@
-"""Opening a category's splits: the one place where the embedded demo category is built on first
-use (only for the embedded "demo" and "demo_holdout" categories); every other category is read as it is, with `DatasetError`
-naming the fix when it is missing or mis-laid."""
+"""Opening a category's splits: the one place where an embedded demo category ("demo", "demo_holdout",
+"demo_gravel", "demo_tissue") is built on first use; every other category is read as it is, with
+`DatasetError` naming the fix when it is missing or mis-laid."""
 from __future__ import annotations
 
 from typing import Tuple

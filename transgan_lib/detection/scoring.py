@@ -125,7 +125,8 @@ def load_evaluated_run(checkpoint_or_run_dir: PathLike, method: str = "iterative
     if not model_file(paths, method).is_file():
         hint = ("method 'restore' scores with the restorer: train it first with notebook 02 and "
                 "-p objective restore (python -m transgan_lib demo --detectors restore on the demo)"
-                if method == RESTORE_METHOD else "train the TransGAN first with notebook 02 (nor is its weights.pt there)")
+                if method == RESTORE_METHOD else
+                "train the TransGAN first with notebook 02 (nor is its weights.pt there)")
         raise FileNotFoundError(f"no checkpoint at {detector_file(paths, method)}: {hint}")
     fingerprint = source_fingerprint(model_file(paths, method))
     mapping = None

@@ -89,7 +89,8 @@ def critic_update(st, real_in: torch.Tensor, fake_in: torch.Tensor, generator: t
 def resume_message(path: PathLike, epochs_done: int, epochs: int, batch: Optional[int] = None) -> str:
     """The line a resumed run prints: what it resumed and what is left."""
     if epochs_done >= epochs:
-        return f"{path}: already trained for {epochs_done} of {epochs} epochs; nothing left to train (resume=False starts over)"
+        return (f"{path}: already trained for {epochs_done} of {epochs} epochs; nothing left to train "
+                "(resume=False starts over)")
     within = f", {batch} batches into epoch {epochs_done + 1}" if batch else ""
     return f"resuming from {path}: {epochs_done} of {epochs} epochs done{within}"
 
