@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .data.demo import DEMO_CATEGORIES
+from .data.folder import FOLDER_PARAMETERS
 from .data.mvtec import MVTEC_CATEGORIES
 from .jobs import DEMO_PARAMETERS, DEMO_RESTORE_PARAMETERS, NOTEBOOK_TIMEOUTS, NOTEBOOKS, run_notebook
 from .runs import benchmark_results, run_paths
@@ -132,7 +133,10 @@ def plan_category(category: str, data_root: Path, output_dir: Path, overrides: d
 def effective(name: str, passed: dict[str, Any], defaults: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """The notebook's parameters as run (defaults, then the passed values), JSON-normalised, without
     output_dir (a moved output folder keeps its results)."""
-    values = {k: v for k, v in {**defaults[name], **passed}.items() if k != "output_dir"}
+    # output_dir: a moved output folder keeps its results; an unset Folder parameter (added later) is left
+    # out, so records written before it existed still match
+    values = {k: v for k, v in {**defaults[name], **passed}.items()
+              if k != "output_dir" and not (k in FOLDER_PARAMETERS and v is None)}
     return json.loads(json.dumps(values, default=str))
 
 

@@ -162,6 +162,14 @@ class TrainConfig(SavedConfig):
     data_root: str = "data/mvtec_ad"
     category: str = "bottle"
     output_dir: str = "runs"
+    # Your own folders instead of the MVTec layout (anomalib's Folder names, `data.folder`): a set
+    # normal_dir selects them, and `category` then only names the run folder
+    normal_dir: Optional[str] = None
+    abnormal_dir: Optional[Any] = None  # a folder, or a list of folders (one defect type each)
+    mask_dir: Optional[Any] = None  # optional masks (a folder, or one per abnormal_dir)
+    normal_test_dir: Optional[str] = None  # None: normal_split_ratio of normal_dir is held out as test normals
+    extensions: Optional[Any] = None  # None: every image extension read (data.images.IMAGE_EXTENSIONS)
+    normal_split_ratio: Optional[float] = None  # None: 0.2
     image_size: int = 64
     model_size: str = "base"
     latent_dim: int = 1024
@@ -220,6 +228,10 @@ class TrainConfig(SavedConfig):
         for name in ("gp_weight", "drift_weight", "grad_clip"):
             check_number(self, name, low=0)
         check_diffaug(self.diffaug)
+        check_number(self, "normal_split_ratio", low=0, high=1, high_open=True, optional=True)
+        for name in ("abnormal_dir", "mask_dir", "extensions"):  # a list from JSON or papermill: a tuple
+            if isinstance(getattr(self, name), list):
+                setattr(self, name, tuple(getattr(self, name)))
         self.restore_config()  # validate early
         self.model_config()  # validate early
 

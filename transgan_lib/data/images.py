@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from torch.utils.data import Dataset
 from torchvision.transforms.functional import pil_to_tensor
 
 from ..utils import PathLike
@@ -167,3 +168,91 @@ def check_mask_sizes(masks: Dict[Path, Path]) -> None:
         raise DatasetError(f"{len(wrong)} mask(s) do not fit their image (a mask must have its image's width and "
                            f"height): " + "; ".join(wrong[:5]) + ("; ..." if len(wrong) > 5 else "")
                            + ". Resize or redraw those masks")
+
+
+GOOD = "good"  # the defect name of a normal image
+
+
+class ImageSet(Dataset):
+    """Labelled image files read on demand (the base of `mvtec.MVTecAD` and `folder.FolderDataset`).
+
+    Items are dicts::
+
+        {"image": (3, H, W) float in [-1, 1], "label": 0 good / 1 defect,
+         "mask": (1, H, W) float {0, 1} (zeros for good, and for a defect without a mask),
+         "defect": "good" or defect name, "path": str}
+
+    Attributes `paths`, `labels` (list of int), `defects` (list of str), `defect_types` (sorted unique
+    non-good), `has_masks`. With `cache=True` decoded tensors stay in memory after the first load.
+    """
+
+    def _set_sizes(self, split: str, image_size: int, mask_size: Optional[int], cache: bool) -> None:
+        if split not in ("train", "test"):
+            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        for name, value in (("image_size", image_size), ("mask_size", mask_size)):
+            if value is not None and int(value) <= 0:
+                raise ValueError(f"{name} must be positive, got {value}")
+        self.split, self.image_size, self.cache = split, int(image_size), cache
+        self.mask_size = self.image_size if mask_size is None else int(mask_size)
+
+    def _set_items(self, items: List[Tuple[Path, str]], masks: Dict[Path, Path]) -> None:
+        """`items`: (image path, defect name or GOOD); `masks`: {defective image: its mask file}."""
+        self._masks = dict(masks)
+        self.paths: List[str] = [str(p) for p, _ in items]
+        self.defects: List[str] = [d for _, d in items]
+        self.labels: List[int] = [int(d != GOOD) for d in self.defects]
+        self.defect_types: List[str] = sorted(set(self.defects) - {GOOD})
+        self._cache: Dict[int, Tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def _load(self, index: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        return load_image(self.paths[index], self.image_size), self._mask(index, self.mask_size)
+
+    def _mask(self, index: int, size: int) -> torch.Tensor:
+        mask = self._masks.get(Path(self.paths[index])) if self.labels[index] else None
+        return torch.zeros(1, size, size) if mask is None else load_mask(mask, size)
+
+    @property
+    def has_masks(self) -> bool:
+        """Whether every defective image has a mask (else no pixel metric can be computed)."""
+        return all(Path(p) in self._masks for p, y in zip(self.paths, self.labels) if y)
+
+    def native_mask_size(self) -> Optional[int]:
+        """The larger side of the largest ground-truth mask file, in pixels (None: no mask)."""
+        return max((mask_file_size(p) for p in self._masks.values()), default=None)
+
+    def load_masks(self, size: Optional[int] = None) -> torch.Tensor:
+        """Every item's mask (N, 1, S, S), S = `size` (None: `mask_size`), without decoding the
+        images; shrunk masks keep every defect (`resize_mask`)."""
+        size = self.mask_size if size is None else int(size)
+        return torch.stack([self._mask(i, size) for i in range(len(self))])  # (N, 1, S, S)
+
+    def __getitem__(self, index: int) -> dict:
+        if index < 0:
+            index += len(self)
+        if self.cache and index in self._cache:
+            image, mask = self._cache[index]
+        else:
+            image, mask = self._load(index)
+            if self.cache:
+                self._cache[index] = (image, mask)
+        return {"image": image, "label": self.labels[index], "mask": mask,
+                "defect": self.defects[index], "path": self.paths[index]}
+
+    def verify(self) -> "ImageSet":
+        """Load every image (and mask); raise DatasetError listing the unreadable files.
+
+        Returns self, so `MVTecAD(...).verify()` chains. Fills the cache when `cache=True`.
+        """
+        bad = []
+        for i in range(len(self)):
+            try:
+                self[i]
+            except DatasetError as e:
+                bad.append(str(e))
+        if bad:
+            shown = "\n  ".join(bad[:20]) + (f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else "")
+            raise DatasetError(f"{len(bad)} unreadable file(s) in {self.root} ({self.split}):\n  {shown}")
+        return self

@@ -27,15 +27,14 @@ from torch.utils.data import Dataset, Subset
 
 from ..utils import PathLike
 from .images import (  # noqa: F401 (re-exported: the names users import from here)
-    IMAGE_EXTENSIONS, SIXTEEN_BIT_MAX, TWELVE_BIT_LIMIT, DatasetError, _READ_ERRORS, check_mask_sizes, list_images,
-    load_image, load_mask, mask_file_size, resize_mask)
+    _READ_ERRORS, GOOD, IMAGE_EXTENSIONS, SIXTEEN_BIT_MAX, TWELVE_BIT_LIMIT, DatasetError, ImageSet, check_mask_sizes,
+    list_images, load_image, load_mask, mask_file_size, resize_mask)
 
 MVTEC_CATEGORIES: Tuple[str, ...] = (
     "bottle", "cable", "capsule", "carpet", "grid", "hazelnut", "leather", "metal_nut",
     "pill", "screw", "tile", "toothbrush", "transistor", "wood", "zipper",
 )
 MVTEC_URL = "https://www.mvtec.com/company/research/datasets/mvtec-ad"
-GOOD = "good"
 # Defaults shared with `transgan_lib.demo` (kept here so the messages below can name them).
 DEMO_CATEGORY_NAME = "demo"
 LAYOUT_HELP = ("Expected layout: <data_root>/<category>/train/good/*.png, "
@@ -148,7 +147,7 @@ def _scan_test(root: Path) -> Tuple[List[Tuple[Path, str]], Dict[Path, Path]]:
 
 
 # ----------------------------------------------------------------------------- dataset
-class MVTecAD(Dataset):
+class MVTecAD(ImageSet):
     """One category of MVTec AD (or any folder in its layout), split "train" or "test".
 
     Items are dicts::
@@ -167,76 +166,15 @@ class MVTecAD(Dataset):
 
     def __init__(self, *, data_root: PathLike, category: str, split: str = "train",
                  image_size: int = 64, mask_size: Optional[int] = None, cache: bool = True):
-        if split not in ("train", "test"):
-            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-        for name, value in (("image_size", image_size), ("mask_size", mask_size)):
-            if value is not None and int(value) <= 0:
-                raise ValueError(f"{name} must be positive, got {value}")
+        self._set_sizes(split, image_size, mask_size, cache)
         self.data_root = Path(data_root)
         self.category = category
-        self.split = split
-        self.image_size = int(image_size)
-        self.mask_size = self.image_size if mask_size is None else int(mask_size)
-        self.cache = cache
         self.root = check_category_root(self.data_root, category)
         if split == "train":
             items, self._masks = _scan_train(self.root), {}
         else:
             items, self._masks = _scan_test(self.root)
-        self.paths: List[str] = [str(p) for p, _ in items]
-        self.defects: List[str] = [d for _, d in items]
-        self.labels: List[int] = [int(d != GOOD) for d in self.defects]
-        self.defect_types: List[str] = sorted(set(self.defects) - {GOOD})
-        self._cache: Dict[int, Tuple[torch.Tensor, torch.Tensor]] = {}
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def _load(self, index: int) -> Tuple[torch.Tensor, torch.Tensor]:
-        return load_image(self.paths[index], self.image_size), self._mask(index, self.mask_size)
-
-    def _mask(self, index: int, size: int) -> torch.Tensor:
-        if self.labels[index]:
-            return load_mask(self._masks[Path(self.paths[index])], size)
-        return torch.zeros(1, size, size)
-
-    def native_mask_size(self) -> Optional[int]:
-        """The larger side of the largest ground-truth mask file, in pixels (None: no mask)."""
-        return max((mask_file_size(p) for p in self._masks.values()), default=None)
-
-    def load_masks(self, size: Optional[int] = None) -> torch.Tensor:
-        """Every item's mask (N, 1, S, S), S = `size` (None: `mask_size`), without decoding the
-        images; shrunk masks keep every defect (`resize_mask`)."""
-        size = self.mask_size if size is None else int(size)
-        return torch.stack([self._mask(i, size) for i in range(len(self))])  # (N, 1, S, S)
-
-    def __getitem__(self, index: int) -> dict:
-        if index < 0:
-            index += len(self)
-        if self.cache and index in self._cache:
-            image, mask = self._cache[index]
-        else:
-            image, mask = self._load(index)
-            if self.cache:
-                self._cache[index] = (image, mask)
-        return {"image": image, "label": self.labels[index], "mask": mask,
-                "defect": self.defects[index], "path": self.paths[index]}
-
-    def verify(self) -> "MVTecAD":
-        """Load every image (and mask); raise DatasetError listing the unreadable files.
-
-        Returns self, so `MVTecAD(...).verify()` chains. Fills the cache when `cache=True`.
-        """
-        bad = []
-        for i in range(len(self)):
-            try:
-                self[i]
-            except DatasetError as e:
-                bad.append(str(e))
-        if bad:
-            shown = "\n  ".join(bad[:20]) + (f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else "")
-            raise DatasetError(f"{len(bad)} unreadable file(s) in {self.root} ({self.split}):\n  {shown}")
-        return self
+        self._set_items(items, self._masks)
 
     def __repr__(self) -> str:
         return (f"MVTecAD(category={self.category!r}, split={self.split!r}, n={len(self)}, "

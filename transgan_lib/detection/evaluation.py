@@ -41,20 +41,24 @@ def evaluation_size(test_set: MVTecAD, eval_size: Optional[int] = None) -> int:
 
 
 def load_evaluation_masks(data_root: PathLike, category: str, image_size: int, paths: Sequence[str],
-                          eval_size: Optional[int] = None) -> Tuple[torch.Tensor, int]:
-    """The test masks of a category at the evaluation size, without decoding the images.
+                          eval_size: Optional[int] = None, folder=None) -> Tuple[Optional[torch.Tensor], Optional[int]]:
+    """The test masks of a category (or of the user's folders `folder`, a `data.folder.FolderSpec`) at the
+    evaluation size, without decoding the images.
 
     Args:
         image_size: the model's image size (the fallback size when no image has a mask).
         paths: the test image paths the masks must belong to, in order (ValueError otherwise).
         eval_size: S, or None for `evaluation_size`'s default.
     Returns:
-        (masks (B, S, S) float {0, 1}, S).
+        (masks (B, S, S) float {0, 1}, S), or (None, None) when a defective test image has no mask: pixel
+        metrics are then not available.
     """
-    test_set = open_split(data_root, category, "test", image_size)
+    test_set = open_split(data_root, category, "test", image_size, folder)
     if list(test_set.paths) != list(paths):
         raise ValueError(f"the test images under {data_root} are not the {len(paths)} images mapped (data changed "
                          "since?): rerun notebook 03 (pipeline.run_mapping)")
+    if not test_set.has_masks:
+        return None, None
     size = evaluation_size(test_set, eval_size)
     return test_set.load_masks(size)[:, 0], size  # (B, S, S)
 

@@ -33,6 +33,7 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 
 from ..config import RESTORE_METHOD, ConfigError, EncoderConfig, MappingConfig, TrainConfig
+from ..data.folder import folder_spec_of
 from ..data.mvtec import stack_dataset
 from ..data.splits import open_split, train_val_split
 from ..data.synthetic import cutpaste
@@ -51,6 +52,7 @@ from .restoration import detection_maps, detector_file, map_kinds_of, restore_im
 # The map kind used when `map_kind="auto"` has nothing to choose with (no synthetic anomalies were
 # mapped, or scoring without an evaluated run).
 FALLBACK_MAP_KIND = "residual"
+NO_MASKS = "not available: some defective test images have no mask (image metrics only)"
 
 
 def category_dir(output_dir: PathLike, category: str) -> Path:
@@ -75,11 +77,11 @@ def require_validation(train_config, n_val: Optional[int] = None) -> None:
 def load_splits(data_root: PathLike, category: str, train_config) -> Dict[str, Any]:
     """Train / validation / test splits exactly as training made them (same seed and fraction);
     ConfigError when there is no validation normal (`require_validation`)."""
-    size = train_config.image_size
+    size, folder = train_config.image_size, folder_spec_of(train_config)
     require_validation(train_config)
-    train, val = train_val_split(data_root, category, size, train_config.val_fraction, train_config.seed)
+    train, val = train_val_split(data_root, category, size, train_config.val_fraction, train_config.seed, folder)
     require_validation(train_config, len(val))
-    test = open_split(data_root, category, "test", size)
+    test = open_split(data_root, category, "test", size, folder)
     return {"train": stack_dataset(train), "val": stack_dataset(val), "test": stack_dataset(test)}
 
 
@@ -303,7 +305,8 @@ def evaluate(*, data_root: PathLike, category: str, output_dir: PathLike, method
     test, val, syn = mapping.test.result, mapping.val.result, mapping.val_synthetic
     images, val_images = splits["test"]["images"], splits["val"]["images"]
     labels, defects = splits["test"]["labels"], splits["test"]["defects"]
-    masks, size = load_evaluation_masks(data_root, category, images.shape[-1], mapping.test.paths, eval_size)
+    folder = folder_spec_of(mapping.train_config)
+    masks, size = load_evaluation_masks(data_root, category, images.shape[-1], mapping.test.paths, eval_size, folder)
     if single_class_reason(labels):
         print(f"NOTE: {single_class_reason(labels)}; they are null in metrics.json, with the reason under "
               "'unavailable'. Add test images of the missing class to measure the detector.")
@@ -316,8 +319,11 @@ def evaluate(*, data_root: PathLike, category: str, output_dir: PathLike, method
                               threshold_from_normals(v["score"], q=config.threshold_q))
     metrics.update({"n_val": len(val_images), "map_kind": kind, "map_selection": selection, "category": category,
                     "score_rule": f"max of Gaussian-smoothed {kind} map", "image_size": int(images.shape[-1]),
-                    "eval_size": size, "pixel_metrics_rule": f"maps upsampled (bilinear) to the {size} px masks",
+                    "eval_size": size, "pixel_metrics_rule": f"maps upsampled (bilinear) to the {size} px masks"
+                    if masks is not None else NO_MASKS,
                     **_run_record(mapping, config, run, t["score"])})
+    if masks is None:
+        metrics.setdefault("unavailable", {}).update({"pixel_auroc": NO_MASKS, "aupro": NO_MASKS})
     metrics["alternatives"] = _alternatives(test, val, images, val_images, masks, labels, defects, config.sigma)
     arrays = {"images": images, "reconstructions": test.reconstructions, "maps": t["map"], "scores": t["score"],
               "masks": splits["test"]["masks"][:, 0], "labels": labels, "defects": defects, "paths": mapping.test.paths,

@@ -262,11 +262,12 @@ def _epoch_row(st: GANState, done: Dict[str, Any], epoch: int, val_set, real_fix
 
 # ----------------------------------------------------------------------------- main entry
 def _build_datasets(cfg: TrainConfig):
-    from ..data.splits import train_val_split  # lazy: tests may pass their own datasets
+    from ..data.folder import folder_spec_of  # lazy: tests may pass their own datasets
+    from ..data.splits import train_val_split
 
     # the demo category is written once, by rank 0, before the other ranks read it
     return rank_zero_first(lambda: train_val_split(cfg.data_root, cfg.category, cfg.image_size,
-                                                   cfg.val_fraction, cfg.seed))
+                                                   cfg.val_fraction, cfg.seed, folder_spec_of(cfg)))
 
 
 def _save(st: GANState, paths: RunPaths, epoch_state: Optional[Dict[str, Any]] = None) -> None:
