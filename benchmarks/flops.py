@@ -94,11 +94,10 @@ HOST_SECONDS = 10e-6  # host time per op in eager PyTorch (Python, dispatcher, k
 def gpu_spec(device_name: str) -> Optional[GPU]:
     """The GPU of GPUS / OTHER_GPUS that `torch.cuda.get_device_name()` names, or None."""
     name = device_name.upper().replace("-", " ")
-    keys = {"H100 PCIE": "H100 PCIe", "H100": "H100 SXM", "H200": "H200", "A100": "A100 40GB", "T4": "T4",
-            "L4": "L4", "A10": "A10", "V100": "V100"}
-    if "A100" in name and "80GB" in name:
-        keys["A100"] = "A100 80GB"
-    found = next((v for k, v in keys.items() if k in name), None)
+    keys = (("L40", None), ("H100 PCIE", "H100 PCIe"), ("H100", "H100 SXM"), ("H200", "H200"),
+            ("A100", "A100 80GB" if "80GB" in name else "A100 40GB"), ("T4", "T4"), ("L4", "L4"), ("A10", "A10"),
+            ("V100", "V100"))  # the first key in the name decides: "A100" before "A10", "L40" before "L4"
+    found = next((v for k, v in keys if k in name), None)
     return next((g for g in GPUS + OTHER_GPUS if g.name == found), None)
 
 

@@ -68,6 +68,12 @@ def test_profile_tracks_peak_memory_and_roofline(flops):
         assert p.seconds(gpu, host_seconds=1.0) == 1.0  # one op at 1 s of host time: host-bound
 
 
+def test_gpu_spec_reads_device_names(flops):
+    names = {"NVIDIA H100 80GB HBM3": "H100 SXM", "NVIDIA H100 PCIe": "H100 PCIe", "Tesla T4": "T4",
+             "NVIDIA A100-SXM4-40GB": "A100 40GB", "NVIDIA A10G": "A10", "NVIDIA L40S": None}
+    assert {n: getattr(flops.gpu_spec(n), "name", None) for n in names} == names
+
+
 def test_tables_on_a_tiny_model(flops, capsys):
     """Every workload runs; its unit costs at least what its passes through G must cost."""
     model = {"g_dim": 64, "d_dim": 32, "g_min_dim": 16}
