@@ -4,9 +4,9 @@ f-AnoGAN encoder's training, and the AnoGAN search that scores.
 
 The `t4` fixture gives each loop the library's own amp decision for a CUDA device without bf16
 (`utils.autocast_dtype` with `torch.cuda.is_bf16_supported` mocked False); on the CPU, autocast_dtype
-otherwise always answers fp32. CPU autocast runs every op these models use in fp16 where CUDA's does
-(linear, convolution, attention); it differs by leaving GroupNorm in fp16 where CUDA promotes it to fp32,
-the stricter of the two. Nothing the loops use is unsupported in fp16 on the CPU, so nothing is skipped.
+otherwise always answers fp32. CPU autocast runs the matmuls, convolutions and attention in fp16 as CUDA's
+does; its op lists differ in places (GroupNorm, for one, stays in fp16 on the CPU where CUDA promotes it to
+fp32). Every op the loops use runs in fp16 on the CPU, so nothing is skipped or worked around.
 The encoder and the search autocast only when asked (`amp="auto"`; the pipeline runs them in fp32).
 
 Three properties, each per loop:
