@@ -46,10 +46,10 @@ if [ ${#DRY[@]} -gt 0 ]; then
   section 240 env train score compile demo report  # one process: CI pays for the imports once
 else
   section 20 env
-  section 90 train
-  section 80 score
-  section 130 compile
-  section 130 demo
+  section 80 train
+  section 70 score
+  section 150 compile  # most of it: inductor compiling the base G and D the first time
+  section 120 demo
   "$PY" benchmarks/gpu_check.py report --out "$OUT"
 fi
 echo "== done in $((SECONDS - start)) s; results in $OUT"
