@@ -1,6 +1,10 @@
-"""The mapping benchmark runs end to end on a tiny checkpoint and reports what the issue asks."""
+"""The benchmarks run end to end on tiny models and report what their issues ask: the mapping and methods
+benchmarks on a tiny checkpoint, the prepared GPU check in its CPU dry run."""
 import importlib.util
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -58,3 +62,29 @@ def test_bench_methods_smoke(trained_run, tmp_path, capsys):
     assert all(0 <= r["image_auroc"] <= 1 and 0 <= r["pixel_auroc"] <= 1 for r in out["rows"])
     assert (tmp_path / "demo" / "restorer.pt").is_file()
     assert "restore vs 1000-iteration iterative" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_gpu_check_dry_run(tmp_path):
+    """`bash benchmarks/gpu_check.sh --dry-run`: every section on the CPU with tiny models, one step each, so
+    the GPU check cannot rot between the rare runs on a GPU."""
+    env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    proc = subprocess.run(["bash", str(BENCH.parent / "gpu_check.sh"), "--dry-run", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    rows = {name: json.loads((tmp_path / f"{name}.json").read_text())["rows"]
+            for name in ("env", "train", "score", "compile", "demo")}
+    assert not [r for section in rows.values() for r in section if "error" in r]
+    assert [(r["objective"], r["amp"]) for r in rows["train"]] == [("gan", "fp16"), ("gan", "off"),
+                                                                   ("restore", "fp16"), ("restore", "off")]
+    assert all(r["finite"] and r["images_per_s"] > 0 and r["gflop_per_step"] > 0 and r["ops_per_step"] > 0
+               for r in rows["train"])
+    assert [r["work"] for r in rows["score"]] == ["restorer pass", "encoder pass", "search 1000 it (off)",
+                                                  "search 1000 it (bf16)"]
+    assert all(r["images_per_s"] > 0 for r in rows["score"])
+    assert [r["compile"] for r in rows["compile"]] == ["off", "eager"] and rows["compile"][1]["compile_seconds"] > 0
+    assert [r["method"] for r in rows["demo"]] == ["restore (tiny)", "floor mean-image (32 px)",
+                                                   "floor patch-NN (32 px)"]
+    assert all(0 <= r["image_auroc"] <= 1 and 0 <= r["pixel_auroc"] <= 1 for r in rows["demo"])
+    summary = (tmp_path / "summary.md").read_text()
+    assert "## demo" in summary and "| restore (tiny) |" in summary and summary in proc.stdout
