@@ -228,7 +228,7 @@ def section_score(s: Settings, sec: Section, device: torch.device) -> None:
         _, seconds = _timed(lambda: restore_images(R, x, batch_size=len(x), progress=False), device, repeats=3)
         sec.add({"work": "restorer pass", "batch": len(x), "images_per_s": len(x) / seconds,
                  "peak_gib": _peak_gib(device)})
-    del R
+    R = None  # free it before the GAN is built
     G, D = (m.to(device) for m in build_training_models(cfg))
     E = LatentEncoder(image_size=cfg.image_size, latent_dim=cfg.latent_dim, model_size=encoder_size(G)).to(device)
     with _guard(sec, {"work": "encoder pass"}, device):
