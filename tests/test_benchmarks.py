@@ -88,3 +88,14 @@ def test_gpu_check_dry_run(tmp_path):
     assert all(0 <= r["image_auroc"] <= 1 and 0 <= r["pixel_auroc"] <= 1 for r in rows["demo"])
     summary = (tmp_path / "summary.md").read_text()
     assert "## demo" in summary and "| restore (tiny) |" in summary and summary in proc.stdout
+
+
+def test_bench_onnx_smoke(capsys):
+    pytest.importorskip("onnxruntime")
+    spec = importlib.util.spec_from_file_location("bench_onnx", BENCH.parent / "bench_onnx.py")
+    bench_onnx = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_onnx)
+    row = bench_onnx.main(["--size", "32", "--batch", "4", "--repeats", "1", "--threads", "1"])
+    assert row["torch_images_per_s"] > 0 and row["onnxruntime_images_per_s"] > 0
+    assert row["max_abs_difference"] < 1e-4
+    assert "ONNX Runtime" in capsys.readouterr().out

@@ -173,6 +173,14 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--batch-size", type=int, default=None,
                        help="images searched at once (default: the evaluated run's; changes only rounding)")
     score.add_argument("--device", default="auto")
+    export = sub.add_parser("export", help="export an evaluated restorer to ONNX "
+                                           "(deploy/predict_onnx.py scores with it)")
+    export.add_argument("--checkpoint", required=True, help="<output_dir>/<category>/restorer.pt (or its folder)")
+    export.add_argument("--format", default="onnx", choices=["onnx"])
+    export.add_argument("--out", default=None,
+                        help="folder for restorer.onnx and restorer.json (default: <run>/export)")
+    export.add_argument("--method", default="restore", choices=["restore"],
+                        help="the restorer scores in one pass; the latent search does not export")
     score.add_argument("--skip-bad", action="store_true", help="skip unreadable images instead of stopping")
     return parser
 
@@ -202,3 +210,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             raise SystemExit(f"benchmark: {error}") from None
     elif args.command == "score":
         score_folder(args)
+    elif args.command == "export":
+        from .export import export_onnx
+        path = export_onnx(args.checkpoint, args.out, method=args.method)
+        print(f"exported {path} (settings: {path.with_suffix('.json')}); score with: "
+              f"python deploy/predict_onnx.py {path} <images>")

@@ -19,7 +19,7 @@ def gaussian_kernel1d(sigma: float, radius: int, *, device=None, dtype=torch.flo
 def _blur_axis(maps: torch.Tensor, kernel: torch.Tensor, axis: int, mode: str) -> torch.Tensor:
     """Convolve (B, C, H, W) maps with a 1-D kernel (K,) along H (axis=2) or W (axis=3)."""
     radius = kernel.numel() // 2
-    c = maps.shape[1]
+    c = int(maps.shape[1])  # a plain int: an exported graph (ONNX) needs the kernel's shape fixed
     if axis == 3:
         pad = (radius, radius, 0, 0)
         weight = kernel.view(1, 1, 1, -1)  # (1, 1, 1, K)
@@ -34,7 +34,7 @@ def _blur_axis(maps: torch.Tensor, kernel: torch.Tensor, axis: int, mode: str) -
 def separable_blur(maps: torch.Tensor, sigma: float, radius: int, mode: str = "reflect") -> torch.Tensor:
     """Separable Gaussian blur of (B, C, H, W) maps; the radius is capped per axis so that
     reflect padding stays valid on small images."""
-    _, _, h, w = maps.shape
+    h, w = int(maps.shape[2]), int(maps.shape[3])  # plain ints, fixed in an exported graph
     out = maps
     for axis, size in ((2, h), (3, w)):
         r = min(radius, size - 1)
