@@ -117,6 +117,17 @@ def score_folder(args) -> Path:
     return csv_path
 
 
+def _add_export_parser(sub) -> None:
+    export = sub.add_parser("export", help="export an evaluated restorer to ONNX "
+                                           "(deploy/predict_onnx.py scores with it)")
+    export.add_argument("--checkpoint", required=True, help="<output_dir>/<category>/restorer.pt (or its folder)")
+    export.add_argument("--format", default="onnx", choices=["onnx"])
+    export.add_argument("--out", default=None,
+                        help="folder for restorer.onnx and restorer.json (default: <run>/export)")
+    export.add_argument("--method", default="restore", choices=["restore"],
+                        help="the restorer scores in one pass; the latent search does not export")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m transgan_lib", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -173,15 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--batch-size", type=int, default=None,
                        help="images searched at once (default: the evaluated run's; changes only rounding)")
     score.add_argument("--device", default="auto")
-    export = sub.add_parser("export", help="export an evaluated restorer to ONNX "
-                                           "(deploy/predict_onnx.py scores with it)")
-    export.add_argument("--checkpoint", required=True, help="<output_dir>/<category>/restorer.pt (or its folder)")
-    export.add_argument("--format", default="onnx", choices=["onnx"])
-    export.add_argument("--out", default=None,
-                        help="folder for restorer.onnx and restorer.json (default: <run>/export)")
-    export.add_argument("--method", default="restore", choices=["restore"],
-                        help="the restorer scores in one pass; the latent search does not export")
     score.add_argument("--skip-bad", action="store_true", help="skip unreadable images instead of stopping")
+    _add_export_parser(sub)
     return parser
 
 

@@ -24,9 +24,9 @@ def _write(path: Path, array: np.ndarray) -> None:
 @pytest.fixture(scope="module")
 def scratched(tmp_path_factory):
     """data_root of a category "widget" with 256 px masks of thin scratches (2 good, 3 scratched);
-    the images are 16 px (their size does not matter here)."""
+    the images are black, 256 px as their masks (a mask must have its image's size)."""
     root = tmp_path_factory.mktemp("scratched")
-    image = np.zeros((16, 16, 3), np.uint8)
+    image = np.zeros((256, 256, 3), np.uint8)
     for name in ("000", "001"):
         _write(root / "widget" / "train" / "good" / f"{name}.png", image)
         _write(root / "widget" / "test" / "good" / f"{name}.png", image)
@@ -69,7 +69,7 @@ def test_a_perfect_map_at_model_resolution_scores_about_one(scratched, model_siz
 
 def test_masks_over_the_cap_are_shrunk_keeping_defects_and_a_size_can_be_given(tmp_path, scratched):
     root, paths = scratched
-    image = np.zeros((16, 16, 3), np.uint8)
+    image = np.zeros((600, 600, 3), np.uint8)
     _write(tmp_path / "big" / "train" / "good" / "000.png", image)
     _write(tmp_path / "big" / "test" / "crack" / "000.png", image)
     mask = np.zeros((600, 600), np.uint8)

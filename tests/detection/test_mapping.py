@@ -110,12 +110,18 @@ def test_models_are_frozen_during_and_restored_after(gan, targets):
 
 def test_restarts_keep_the_best_restart_per_image(gan, targets):
     G, D = gan
-    kw = dict(iterations=10, lr=0.05, seed=2, progress=False)
-    multi = map_to_latent(G, D, targets, restarts=3, **kw)
+    kw = dict(iterations=10, lr=0.05, progress=False)
     keys = image_keys(targets)
-    each = [map_to_latent(G, D, targets, z_init=latent_init(keys, LATENT, seed=2, restart=k), **kw) for k in range(3)]
-    scores = torch.stack([r.total_score for r in each])  # (K, B)
-    best = scores.argmin(0)
+    # a search seed whose restarts win on different images, so the choice matters (which seed does depends
+    # on the machine's float rounding: seed 2 did on one machine, not on another)
+    for seed in range(2, 12):
+        each = [map_to_latent(G, D, targets, z_init=latent_init(keys, LATENT, seed=seed, restart=k), seed=seed, **kw)
+                for k in range(3)]
+        scores = torch.stack([r.total_score for r in each])  # (K, B)
+        best = scores.argmin(0)
+        if len(set(best.tolist())) > 1:
+            break
+    multi = map_to_latent(G, D, targets, restarts=3, seed=seed, **kw)
     assert torch.equal(multi.best_restart, best)
     torch.testing.assert_close(multi.total_score, scores.min(0).values, atol=1e-5, rtol=0)
     assert len(set(best.tolist())) > 1  # not always restart 0: the choice matters here

@@ -21,7 +21,7 @@ from ..utils import PathLike
 
 IMAGE_EXTENSIONS: Tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
-_READ_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+READ_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 class DatasetError(ValueError):
     """A data problem (missing folder, bad layout, missing mask, unreadable image).
@@ -98,7 +98,7 @@ def load_image(path: PathLike, image_size: int) -> torch.Tensor:
             _note_once("non-square", f"non-square images (e.g. {path}, {img.width}x{img.height}) are stretched to "
                           f"{image_size}x{image_size}; crop them to square first to keep their proportions")
         img = img.resize((image_size, image_size), Image.Resampling.BILINEAR)
-    except _READ_ERRORS as e:
+    except READ_ERRORS as e:
         raise DatasetError(f"cannot read image {path}: {e}; delete or replace it") from e
     x = torch.from_numpy(np.array(img, dtype=np.float32))  # (H, W, 3) or (H, W) in [0, 255]
     x = x.permute(2, 0, 1) if x.ndim == 3 else x[None].expand(3, -1, -1)  # (3, H, W)
@@ -133,7 +133,7 @@ def load_mask(path: PathLike, image_size: int) -> torch.Tensor:
         with Image.open(path) as img:
             img.load()
             img = img.convert("L")
-    except _READ_ERRORS as e:
+    except READ_ERRORS as e:
         raise DatasetError(f"cannot read mask {path}: {e}; delete or replace it") from e
     return resize_mask((pil_to_tensor(img) > 0).float(), int(image_size))  # (1, S, S) from (1, H, W)
 
@@ -143,7 +143,7 @@ def mask_file_size(path: PathLike) -> int:
     try:
         with Image.open(path) as img:
             return max(img.size)
-    except _READ_ERRORS as e:
+    except READ_ERRORS as e:
         raise DatasetError(f"cannot read mask {path}: {e}; delete or replace it") from e
 
 
@@ -151,7 +151,7 @@ def _file_size(path: Path, what: str) -> Tuple[int, int]:
     try:
         with Image.open(path) as img:
             return img.size
-    except _READ_ERRORS as e:
+    except READ_ERRORS as e:
         raise DatasetError(f"cannot read {what} {path}: {e}; delete or replace it") from e
 
 

@@ -27,7 +27,7 @@ from torch.utils.data import Dataset, Subset
 
 from ..utils import PathLike
 from .images import (  # noqa: F401 (re-exported: the names users import from here)
-    _READ_ERRORS, GOOD, IMAGE_EXTENSIONS, SIXTEEN_BIT_MAX, TWELVE_BIT_LIMIT, DatasetError, ImageSet, check_mask_sizes,
+    READ_ERRORS, GOOD, IMAGE_EXTENSIONS, SIXTEEN_BIT_MAX, TWELVE_BIT_LIMIT, DatasetError, ImageSet, check_mask_sizes,
     list_images, load_image, load_mask, mask_file_size, resize_mask)
 
 MVTEC_CATEGORIES: Tuple[str, ...] = (
