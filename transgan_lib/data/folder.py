@@ -15,7 +15,6 @@ good parts (`normal_dir`), one or several folders of rejects (`abnormal_dir`), o
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
@@ -36,7 +35,7 @@ def _as_tuple(value: PathList) -> Tuple[str, ...]:
 
 @dataclass(frozen=True)
 class FolderSpec:
-    """Where a user's images are (anomalib's `Folder` names); `TrainConfig.folder_spec()` builds it."""
+    """Where a user's images are (anomalib's `Folder` names); `folder_spec_of(TrainConfig)` builds it."""
     normal_dir: str
     abnormal_dir: Tuple[str, ...] = ()
     mask_dir: Tuple[str, ...] = ()
@@ -67,9 +66,6 @@ class FolderSpec:
 
     def path(self, folder: str) -> Path:
         return Path(self.root) / folder if self.root is not None else Path(folder)
-
-    def to_dict(self) -> Dict[str, object]:
-        return dataclasses.asdict(self)
 
 
 def _images(spec: FolderSpec, folder: str, what: str) -> List[Path]:
@@ -137,9 +133,7 @@ class FolderDataset(ImageSet):
         self._set_sizes(split, image_size, mask_size, cache)
         self.spec, self.category = spec, Path(spec.normal_dir).name
         self.root = spec.path(spec.normal_dir)
-        train, test_normals = _normal_split(spec)
-        if len(train) < 1:
-            raise DatasetError(f"normal_dir {self.root}: no good image is left for training")
+        train, test_normals = _normal_split(spec)  # at least one image each way (or normal_test_dir's)
         items: List[Tuple[Path, str]] = [(p, GOOD) for p in (train if split == "train" else test_normals)]
         masks: Dict[Path, Path] = {}
         names = [Path(d).name for d in spec.abnormal_dir]

@@ -23,6 +23,7 @@ IMAGE_EXTENSIONS: Tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".
 
 READ_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
+
 class DatasetError(ValueError):
     """A data problem (missing folder, bad layout, missing mask, unreadable image).
 
@@ -73,9 +74,9 @@ def _to_rgb(img: Image.Image, path: Optional[Path] = None) -> Image.Image:
         arr = np.asarray(img, dtype=np.float64)
         if arr.max() < TWELVE_BIT_LIMIT:
             _note_once("12-bit", f"16-bit image(s) whose values stay below {TWELVE_BIT_LIMIT} (e.g. {path}, max "
-                          f"{arr.max():.0f}): probably 12-bit camera frames; they are scaled by {SIXTEEN_BIT_MAX} "
-                          "like every 16-bit image, so they load dark. Rescale them to the full 16-bit range (or "
-                          "save them as 8-bit) for a brighter input")
+                                 f"{arr.max():.0f}): probably 12-bit camera frames; they are scaled by "
+                                 f"{SIXTEEN_BIT_MAX} like every 16-bit image, so they load dark. Rescale them to "
+                                 "the full 16-bit range (or save them as 8-bit) for a brighter input")
         return Image.fromarray((np.clip(arr, 0, SIXTEEN_BIT_MAX) * (255.0 / SIXTEEN_BIT_MAX)).astype(np.float32),
                                mode="F")
     if img.mode == "P":
@@ -96,7 +97,7 @@ def load_image(path: PathLike, image_size: int) -> torch.Tensor:
         img = _open_rgb(path)
         if img.width != img.height:
             _note_once("non-square", f"non-square images (e.g. {path}, {img.width}x{img.height}) are stretched to "
-                          f"{image_size}x{image_size}; crop them to square first to keep their proportions")
+                                     f"{image_size}x{image_size}; crop them to square first to keep their proportions")
         img = img.resize((image_size, image_size), Image.Resampling.BILINEAR)
     except READ_ERRORS as e:
         raise DatasetError(f"cannot read image {path}: {e}; delete or replace it") from e

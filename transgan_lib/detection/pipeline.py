@@ -307,8 +307,9 @@ def evaluate(*, data_root: PathLike, category: str, output_dir: PathLike, method
     labels, defects = splits["test"]["labels"], splits["test"]["defects"]
     folder = folder_spec_of(mapping.train_config)
     masks, size = load_evaluation_masks(data_root, category, images.shape[-1], mapping.test.paths, eval_size, folder)
-    if single_class_reason(labels):
-        print(f"NOTE: {single_class_reason(labels)}; they are null in metrics.json, with the reason under "
+    reason = single_class_reason(labels)
+    if reason:
+        print(f"NOTE: {reason}; they are null in metrics.json, with the reason under "
               "'unavailable'. Add test images of the missing class to measure the detector.")
     selection = select_map_kind(val_images, val, *((syn.images, syn.result) if syn else (None, None)),
                                 sigma=config.sigma)
