@@ -1,7 +1,7 @@
 """Training-step throughput of TransGAN with fused SDPA attention vs plain matmul-softmax.
 
 Measures, in one run and side by side, full training steps (D update with WGAN-GP + drift and
-DiffAugment, then G update + EMA: `transgan_lib.gan.train.train_step` with n_critic=1) for
+DiffAugment, then G update + EMA: `transgan_lib.methods.transgan.train.train_step` with n_critic=1) for
 attn_impl "sdpa" and "math", per model preset, at 64x64. On CUDA both bf16 autocast and fp32
 are measured. The gradient-penalty pass always runs the math backend (no double backward in
 the fused kernels), so the two columns differ only in the ordinary forward/backward passes.
@@ -18,7 +18,9 @@ import time
 import torch
 
 from transgan_lib.config import TrainConfig
-from transgan_lib.gan.train import GANState, train_step
+from transgan_lib.methods import create_state
+from transgan_lib.methods.transgan.train import train_step
+from transgan_lib.training.state import TrainState
 from transgan_lib.utils import describe_device, resolve_device
 
 
@@ -27,11 +29,11 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _state(preset: str, attn_impl: str, amp: str, device: torch.device, args) -> GANState:
+def _state(preset: str, attn_impl: str, amp: str, device: torch.device, args) -> TrainState:
     cfg = TrainConfig(output_dir="unused", image_size=args.image_size, model_size=preset,
                       latent_dim=args.latent_dim, batch_size=args.batch_size, amp=amp,
                       model={"attn_impl": attn_impl}, seed=0)
-    return GANState.create(cfg, device)
+    return create_state(cfg, device)
 
 
 def measure_pair(preset: str, amp: str, device: torch.device, args) -> dict:

@@ -49,8 +49,8 @@ from transgan_lib.cli import DEMO_PARAMETERS
 from transgan_lib.config import TrainConfig
 from transgan_lib.data.demo import DEMO_CATEGORY, MARKER, prepare_data
 from transgan_lib.detection.baselines import mean_image_baseline
-from transgan_lib.detection.encoder_training import train_encoder
-from transgan_lib.detection.mapping import (
+from transgan_lib.methods.transgan.encoder import train_encoder
+from transgan_lib.methods.transgan.mapping import (
     MappingResult,
     encode_images,
     image_keys,
@@ -58,9 +58,9 @@ from transgan_lib.detection.mapping import (
     map_to_latent,
 )
 from transgan_lib.detection.maps import MAP_KINDS, max_score
-from transgan_lib.detection.pipeline import load_splits, score_maps
-from transgan_lib.gan.checkpoint import load_checkpoint, load_models
-from transgan_lib.gan.train import train_gan
+from transgan_lib.methods.pipeline import load_splits, score_maps
+from transgan_lib.methods.transgan.checkpoint import load_checkpoint, load_models
+from transgan_lib.methods.transgan.train import train_gan
 from transgan_lib.metrics import image_auroc, pixel_auroc
 from transgan_lib.utils import (
     atomic_write_json,

@@ -42,14 +42,15 @@ from transgan_lib.config import TrainConfig  # noqa: E402
 from transgan_lib.data.demo import DEMO_CATEGORY, prepare_data  # noqa: E402
 from transgan_lib.data.splits import open_split  # noqa: E402
 from transgan_lib.detection.baselines import mean_image_baseline, patch_nn_baseline  # noqa: E402
-from transgan_lib.detection.encoder_training import train_encoder  # noqa: E402
+from transgan_lib.methods.transgan.encoder import train_encoder  # noqa: E402
 from transgan_lib.detection.evaluation import evaluation_size  # noqa: E402
-from transgan_lib.detection.mapping import encode_images, image_keys, latent_init, map_to_latent  # noqa: E402
+from transgan_lib.methods.transgan.mapping import encode_images, image_keys, latent_init, map_to_latent  # noqa: E402
 from transgan_lib.detection.maps import anomaly_maps, max_score  # noqa: E402
-from transgan_lib.detection.pipeline import load_splits  # noqa: E402
-from transgan_lib.detection.restoration import detection_maps, restore_images  # noqa: E402
-from transgan_lib.gan.checkpoint import load_models, load_restorer  # noqa: E402
-from transgan_lib.gan.train import train_gan  # noqa: E402
+from transgan_lib.methods.pipeline import load_splits  # noqa: E402
+from transgan_lib.methods.restorer.detect import detection_maps, restore_images  # noqa: E402
+from transgan_lib.methods.restorer.train import load_restorer  # noqa: E402
+from transgan_lib.methods.transgan.checkpoint import load_models  # noqa: E402
+from transgan_lib.methods.transgan.train import train_gan  # noqa: E402
 from transgan_lib.jobs import DEMO_RESTORE_PARAMETERS  # noqa: E402
 from transgan_lib.metrics import image_auroc, pixel_auroc  # noqa: E402
 from transgan_lib.runs import run_paths  # noqa: E402

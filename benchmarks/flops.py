@@ -56,12 +56,13 @@ from torch.utils.flop_counter import (
 
 from transgan_lib import utils
 from transgan_lib.config import EncoderConfig, MappingConfig, TrainConfig
-from transgan_lib.detection.encoder_training import train_encoder
-from transgan_lib.detection.mapping import map_images, map_with_config
-from transgan_lib.detection.pipeline import encoder_size
-from transgan_lib.detection.restoration import restore_images
-from transgan_lib.gan import train as gan_train
-from transgan_lib.gan.restore import build_training_models
+from transgan_lib.methods.transgan.encoder import train_encoder
+from transgan_lib.methods.transgan.mapping import map_images, map_with_config
+from transgan_lib.methods.pipeline import encoder_size
+from transgan_lib.methods.restorer.detect import restore_images
+from transgan_lib import methods
+from transgan_lib.training import state as train_state
+from transgan_lib.methods.restorer.train import build_training_models
 from transgan_lib.models.encoder import LatentEncoder
 from transgan_lib.models.transgan import build_models
 
@@ -242,7 +243,7 @@ def as_on_gpu():
     (bf16 autocast for training), and Adam and gradient clipping take their foreach kernels (CUDA's default)."""
     clip = functools.partial(nn.utils.clip_grad_norm_, foreach=True)
     with mock.patch.object(torch.cuda, "is_bf16_supported", lambda *a, **k: True), \
-            mock.patch.object(gan_train, "autocast_dtype",
+            mock.patch.object(train_state, "autocast_dtype",
                               lambda device, amp="auto": utils.autocast_dtype(torch.device("cuda"), amp)), \
             mock.patch.object(torch.optim, "Adam", _ForeachAdam), mock.patch.object(nn.utils, "clip_grad_norm_", clip):
         yield
@@ -286,12 +287,12 @@ def _images(n: int, cfg: TrainConfig) -> torch.Tensor:
 def _train_setup(cfg: TrainConfig, batch: int, objective: str) -> Setup:
     """k steps of the one training loop (D update, then G or restorer update and EMA), amp as on a GPU."""
     cfg = dataclasses.replace(cfg, batch_size=batch, objective=objective, device="cpu")
-    st = gan_train.GANState.create(cfg, torch.device("cpu"))
+    st = methods.create_state(cfg, torch.device("cpu"))
     real, gen = _images(batch, cfg), torch.Generator().manual_seed(0)
 
     def run(k: int) -> None:
         for _ in range(k):
-            gan_train.train_step(st, real, gen)
+            methods.objective(cfg.objective).step(st, real, gen)
 
     run(1)  # Adam's state and the EMA's first copy exist before any profile, as after a run's first step
     return Setup(run, {"R" if objective == "restore" else "G": st.G, "D": st.D},

@@ -42,12 +42,13 @@ from transgan_lib.config import TrainConfig  # noqa: E402
 from transgan_lib.data.demo import DEMO_CATEGORY, ensure_demo_data, prepare_data  # noqa: E402
 from transgan_lib.data.splits import open_split  # noqa: E402
 from transgan_lib.detection.evaluation import evaluation_size  # noqa: E402
-from transgan_lib.detection.mapping import map_images, map_to_latent  # noqa: E402
-from transgan_lib.detection.pipeline import encoder_size, load_splits  # noqa: E402
-from transgan_lib.detection.restoration import detection_maps, restore_images  # noqa: E402
-from transgan_lib.gan import train as gan_train  # noqa: E402
-from transgan_lib.gan.checkpoint import load_restorer  # noqa: E402
-from transgan_lib.gan.restore import build_training_models  # noqa: E402
+from transgan_lib.methods.transgan.mapping import map_images, map_to_latent  # noqa: E402
+from transgan_lib.methods.pipeline import encoder_size, load_splits  # noqa: E402
+from transgan_lib.methods.restorer.detect import detection_maps, restore_images  # noqa: E402
+from transgan_lib import methods  # noqa: E402
+from transgan_lib.methods.transgan import train as gan_train  # noqa: E402
+from transgan_lib.methods.restorer.train import load_restorer  # noqa: E402
+from transgan_lib.methods.restorer.train import build_training_models  # noqa: E402
 from transgan_lib.models.encoder import LatentEncoder  # noqa: E402
 from transgan_lib.runs import run_paths  # noqa: E402
 from transgan_lib.utils import atomic_write_json, atomic_write_text  # noqa: E402
@@ -165,9 +166,9 @@ def _train_row(cfg: TrainConfig, s: Settings, device: torch.device, compile_back
                step_flops: Optional[int] = None) -> Dict[str, Any]:
     """Build a training state, profile one step (eager only: a dispatch mode would stop the compiled graphs;
     compiled rows take the eager row's `step_flops`), then time `s.steps` steps after `s.warmup`."""
-    st = gan_train.GANState.create(cfg, device)
+    st = methods.create_state(cfg, device)
     real, gen = _images(cfg.batch_size, cfg, device), torch.Generator().manual_seed(0)
-    step = lambda: gan_train.train_step(st, real, gen)  # noqa: E731
+    step = lambda: methods.objective(cfg.objective).step(st, real, gen)  # noqa: E731
     row: Dict[str, Any] = {"objective": cfg.objective, "amp": cfg.amp, "batch": cfg.batch_size}
     spec = _spec(device)
     if compile_backend:

@@ -25,7 +25,7 @@ def demo_root(tmp_path_factory):
 def trained_run(demo_root, tmp_path_factory):
     """TrainConfig of a tiny 32-px TransGAN trained for one epoch on the small demo."""
     from transgan_lib.config import TrainConfig
-    from transgan_lib.gan.train import train_gan
+    from transgan_lib.methods.transgan.train import train_gan
     cfg = TrainConfig(data_root=str(demo_root), category="demo", output_dir=str(tmp_path_factory.mktemp("runs")),
                       image_size=32, model_size="tiny", latent_dim=32, epochs=1, batch_size=8)
     train_gan(cfg, progress=False)
@@ -80,7 +80,7 @@ def evaluated_run(trained_run, copy_run, tmp_path_factory):
     best of 4 prior codes, lambda_ 0.3, one CutPaste copy per normal) and evaluated without
     baselines: metrics.json and mapping_iterative.pt beside its checkpoint. Read-only for tests."""
     from transgan_lib.config import MappingConfig
-    from transgan_lib.detection.pipeline import evaluate, run_mapping
+    from transgan_lib.methods.pipeline import evaluate, run_mapping
     cfg = copy_run(trained_run, tmp_path_factory.mktemp("evaluated"))
     config = MappingConfig(iterations=5, candidates=4, lambda_=0.3, batch_size=8, synthetic_copies=1)
     run_mapping(config, data_root=cfg.data_root, category=cfg.category, output_dir=cfg.output_dir, device="cpu",

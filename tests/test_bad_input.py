@@ -217,7 +217,7 @@ def test_an_unwritable_output_folder_fails_before_any_work(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(PermissionError, match="cannot write to the output folder"):
         check_writable(tmp_path / "file" / "runs")
-    from transgan_lib.gan.train import train_gan
+    from transgan_lib.methods.transgan.train import train_gan
     cfg = TrainConfig(data_root=str(tmp_path / "no_data"), category="demo", output_dir=str(tmp_path / "file" / "runs"),
                       image_size=32, model_size="tiny", latent_dim=32, epochs=1)
     with pytest.raises(PermissionError, match="output folder"):  # before the data is even looked at
@@ -249,14 +249,14 @@ def test_the_missing_data_message_names_a_function_that_exists(tmp_path):
 
 
 def test_notebook_03_before_02_says_train_first(demo_root, tmp_path):
-    from transgan_lib.detection.pipeline import run_mapping
+    from transgan_lib.methods.pipeline import run_mapping
     with pytest.raises(Exception, match="[Tt]rain first"):  # before: a raw FileNotFoundError from the fingerprint
         run_mapping(MappingConfig(iterations=1), data_root=str(demo_root), category="demo",
                     output_dir=str(tmp_path), device="cpu", progress=False)
 
 
 def test_a_resumed_run_says_what_it_resumed(trained_run, copy_run, tmp_path, capsys):
-    from transgan_lib.gan.train import train_gan
+    from transgan_lib.methods.transgan.train import train_gan
     cfg = dataclasses.replace(copy_run(trained_run, tmp_path), epochs=1)
     train_gan(cfg, progress=False)
     assert "already trained for 1 of 1 epochs" in capsys.readouterr().out

@@ -14,8 +14,8 @@ ort = pytest.importorskip("onnxruntime")
 @pytest.fixture(scope="module")
 def evaluated_restorer(demo_root, tmp_path_factory):
     from transgan_lib.config import MappingConfig, TrainConfig
-    from transgan_lib.detection.pipeline import evaluate, run_mapping
-    from transgan_lib.gan.train import train_gan
+    from transgan_lib.methods.pipeline import evaluate, run_mapping
+    from transgan_lib.methods.transgan.train import train_gan
     cfg = TrainConfig(data_root=str(demo_root), category="demo", output_dir=str(tmp_path_factory.mktemp("runs")),
                       objective="restore", image_size=32, model_size="tiny", latent_dim=32, epochs=1, batch_size=8)
     train_gan(cfg, progress=False)
@@ -28,7 +28,7 @@ def evaluated_restorer(demo_root, tmp_path_factory):
 def test_onnx_maps_and_scores_match_pytorch(evaluated_restorer, demo_root, tmp_path):
     from transgan_lib.cli import main
     from transgan_lib.data.images import load_image
-    from transgan_lib.detection.scoring import Scorer
+    from transgan_lib.methods.scoring import Scorer
     from transgan_lib.export import read_settings
     run = Path(evaluated_restorer.output_dir) / "demo"
     main(["export", "--checkpoint", str(run / "restorer.pt"), "--format", "onnx", "--out", str(tmp_path / "x")])

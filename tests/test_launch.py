@@ -74,7 +74,8 @@ def test_train_on_gpus_stays_in_process_below_two_gpus(monkeypatch, n):
     calls = []
     monkeypatch.setattr(launch, "count_gpus", lambda gpus, device: n)
     monkeypatch.setattr(launch, "train_distributed", lambda *a, **k: pytest.fail("torchrun without GPUs"))
-    monkeypatch.setattr("transgan_lib.gan.train.train_gan", lambda cfg, **kw: calls.append(kw) or {"history": []})
+    monkeypatch.setattr("transgan_lib.methods.transgan.train.train_gan",
+                        lambda cfg, **kw: calls.append(kw) or {"history": []})
     assert launch.train_on_gpus(TrainConfig(), "auto", progress=False) == {"history": []}
     assert calls == [{"progress": False}]
 

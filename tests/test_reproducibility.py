@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from transgan_lib.config import MappingConfig, TrainConfig
-from transgan_lib.detection.pipeline import evaluate, run_mapping
-from transgan_lib.gan.checkpoint import load_checkpoint
-from transgan_lib.gan.train import train_gan
+from transgan_lib.methods.pipeline import evaluate, run_mapping
+from transgan_lib.methods.transgan.checkpoint import load_checkpoint
+from transgan_lib.methods.transgan.train import train_gan
 from transgan_lib.runs import run_paths
 
 # wall times and file fingerprints (the checkpoint's history holds wall times) differ run to run

@@ -35,6 +35,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Callable
 
+from .config import METHODS as REGISTRY
+from .config import OBJECTIVE_ALIASES, OBJECTIVE_DEFAULTS, get_method
 from .data.demo import DEMO_CATEGORIES
 from .data.folder import FOLDER_PARAMETERS
 from .data.mvtec import MVTEC_CATEGORIES
@@ -43,8 +45,8 @@ from .runs import benchmark_results, run_paths
 from .utils import atomic_write_json, atomic_write_text
 
 TRAIN, MAP, EVALUATE = tuple(DEMO_PARAMETERS)  # "02_train_mvtec", "03_latent_mapping", "04_residual_heatmaps"
-METHODS = ("iterative", "encoder", "hybrid", "restore")
-RESTORE = "restore"  # its own training: 02 with objective "restore" (restorer.pt), in notebooks/restore/
+METHODS = tuple(m.scoring for m in REGISTRY.values())  # as notebooks 03/04 name them: iterative, ..., restore
+RESTORE = get_method("restorer").scoring  # its own training: 02 with objective "restore", in notebooks/restore/
 SET_BY_RUNNER = {"category": "--categories", "data_root": "--data-root", "output_dir": "--output-dir",
                  "method": "--methods"}
 METRICS = ("image_auroc", "pixel_auroc", "aupro", "image_f1_max")
@@ -137,6 +139,9 @@ def effective(name: str, passed: dict[str, Any], defaults: dict[str, dict[str, A
     # out, so records written before it existed still match
     values = {k: v for k, v in {**defaults[name], **passed}.items()
               if k != "output_dir" and not (k in FOLDER_PARAMETERS and v is None)}
+    if name == TRAIN:  # a setting left None is its objective's default: recorded as the value it takes
+        objective = OBJECTIVE_ALIASES.get(values.get("objective", "gan"), values.get("objective", "gan"))
+        values.update({k: v for k, v in OBJECTIVE_DEFAULTS.get(objective, {}).items() if values.get(k) is None})
     return json.loads(json.dumps(values, default=str))
 
 
@@ -212,6 +217,14 @@ def _format_seconds(seconds: float) -> str:
     return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}"
 
 
+def _scoring_name(method: str) -> str:
+    """A method as notebooks 03/04 name it ("restorer" is "restore"); unknown names pass through."""
+    try:
+        return get_method(method).scoring
+    except ValueError:
+        return method
+
+
 def run_benchmark(*, categories: str | None = None, data_root: str = "data/mvtec_ad",
                   output_dir: str = "runs/benchmark", overrides: dict[str, Any] | None = None,
                   methods: Sequence[str] = ("iterative",), progress: bool = True, command: str = "",
@@ -233,7 +246,7 @@ def run_benchmark(*, categories: str | None = None, data_root: str = "data/mvtec
         {"rows": table rows (with the mean rows), "errors": {category: message}, "files": {suffix: path}}.
     """
     data_root_path, output_path = Path(data_root).resolve(), Path(output_dir).resolve()
-    overrides, methods = dict(overrides or {}), list(dict.fromkeys(methods))
+    overrides, methods = dict(overrides or {}), list(dict.fromkeys(_scoring_name(m) for m in methods))
     bad = [m for m in methods if m not in METHODS]
     if bad or not methods:
         raise BenchmarkError(f"--methods {','.join(methods)}: choose from {', '.join(METHODS)}")

@@ -7,7 +7,7 @@
 - train: train a TransGAN on one MVTec-layout category (see `transgan_lib.train`; works under torchrun).
 - score: score a folder of new images with a trained checkpoint: a CSV of scores and decisions and
          a heatmap PNG per image, every setting (search, map kind, threshold) from the evaluated
-         run beside the checkpoint (`detection.scoring`), unless given as a flag.
+         run beside the checkpoint (`methods.scoring`), unless given as a flag.
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from typing import Dict, Optional, Sequence
 
 import torch
 
+from .config import METHODS, get_method
 from .data.demo import DEMO_CATEGORIES
 from .detection.maps import MAP_KINDS
 from .jobs import DEMO_PARAMETERS, DEMO_TIMEOUT, NOTEBOOKS, run_demo, run_demo_seeds  # noqa: F401 (re-exported)
@@ -103,10 +104,10 @@ def _write_scores(out: Path, paths, images: torch.Tensor, scored, names: Dict[Pa
 
 def score_folder(args) -> Path:
     """Score every image under `args.images` with the evaluated run beside `args.checkpoint`
-    (`detection.scoring.Scorer`: its search settings, map kind and threshold, unless given as
+    (`methods.scoring.Scorer`: its search settings, map kind and threshold, unless given as
     flags); writes scores.csv and one heatmap per image to `args.out`, at the image's path relative
     to `args.images` (`<sub>/<stem>_heatmap.png`)."""
-    from .detection.scoring import Scorer
+    from .methods.scoring import Scorer
     check_writable(args.out, "--out folder")  # before any work
     scorer = Scorer(args.checkpoint, method=args.method, device=args.device)
     images, paths = _load_folder(Path(args.images), scorer.image_size, args.skip_bad)
@@ -117,6 +118,14 @@ def score_folder(args) -> Path:
     return csv_path
 
 
+def scoring_name(name: str) -> str:
+    """argparse type: a method of the registry (or an older spelling), as notebooks 03/04 spell it."""
+    try:
+        return get_method(name).scoring
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def _add_export_parser(sub) -> None:
     export = sub.add_parser("export", help="export an evaluated restorer to ONNX "
                                            "(deploy/predict_onnx.py scores with it)")
@@ -124,7 +133,7 @@ def _add_export_parser(sub) -> None:
     export.add_argument("--format", default="onnx", choices=["onnx"])
     export.add_argument("--out", default=None,
                         help="folder for restorer.onnx and restorer.json (default: <run>/export)")
-    export.add_argument("--method", default="restore", choices=["restore"],
+    export.add_argument("--method", default="restore", type=scoring_name, choices=["restore"],
                         help="the restorer scores in one pass; the latent search does not export")
 
 
@@ -138,8 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--device", default="auto")
     demo.add_argument("--category", default="demo", choices=list(DEMO_CATEGORIES),
                       help="demo_holdout, demo_gravel, demo_tissue: held-out demo surfaces no setting was tuned on")
-    demo.add_argument("--detectors", default="restore,iterative",
-                      help="comma-separated: restore (the restorer, one pass per image) and/or iterative "
+    demo.add_argument("--detectors", default="restorer,iterative",
+                      help="comma-separated: restorer (or restore: one pass per image) and/or iterative "
                            "(the study's TransGAN + AnoGAN search); default both")
     demo.add_argument("--seeds", type=int, default=1,
                       help="run seeds 0..N-1 (under <output-dir>/seeds/<k>/) and report mean ± std over them")
@@ -155,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a notebook parameter, passed to every notebook (02/03/04) that has it; "
                             "values read as papermill's -p reads them")
     bench.add_argument("--methods", default="iterative",
-                       help="comma-separated methods (iterative, encoder, hybrid: the TransGAN; restore: the "
+                       help="comma-separated methods (iterative, encoder, hybrid: the TransGAN; restorer: the "
                             "restorer, trained by its own notebook 02), one row each")
     bench.add_argument("--timeout", type=float, default=None,
                        help="seconds each notebook may run before it is stopped and its category recorded as "
@@ -166,8 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--checkpoint", required=True, help="<output_dir>/<category>/checkpoint.pt")
     score.add_argument("--images", required=True, help="folder of images (searched recursively)")
     score.add_argument("--out", required=True, help="folder for scores.csv and heatmaps")
-    score.add_argument("--method", default="iterative", choices=["iterative", "encoder", "hybrid", "restore"],
-                       help="restore: the restorer (restorer.pt in the run folder), one pass per image")
+    score.add_argument("--method", default="iterative", type=scoring_name, metavar="{" + ",".join(METHODS) + "}",
+                       help="restorer (or restore): the restorer (restorer.pt in the run folder), one pass per image")
     score.add_argument("--iterations", type=int, default=None,
                        help="default: the evaluated run's (mapping_<method>.pt), else 1000 iterative, 100 hybrid")
     score.add_argument("--restarts", type=int, default=None, help="default: the evaluated run's, else 1")
@@ -192,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "train":
-        from .gan.train import main as train_main
+        from .methods.transgan.train import main as train_main
         train_main(argv[1:])
         return
     args = build_parser().parse_args(argv)

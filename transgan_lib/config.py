@@ -11,6 +11,16 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional, Tuple
 
+from .registry import (  # noqa: F401 (re-exported: the names configs validate against)
+    MAPPING_METHODS,
+    METHODS,
+    OBJECTIVE_ALIASES,
+    OBJECTIVES,
+    RESTORE_METHOD,
+    Method,
+    get_method,
+)
+
 # Architecture presets. `g_dim` is the width of the first (bottom_width x bottom_width) stage;
 # each pixel-shuffle upsampling divides the width by 4 (as in TransGAN) down to `g_min_dim`.
 MODEL_PRESETS: Dict[str, Dict[str, Any]] = {
@@ -170,12 +180,13 @@ class TrainConfig(SavedConfig):
     normal_test_dir: Optional[str] = None  # None: normal_split_ratio of normal_dir is held out as test normals
     extensions: Optional[Any] = None  # None: every image extension read (data.images.IMAGE_EXTENSIONS)
     normal_split_ratio: Optional[float] = None  # None: 0.2
-    image_size: int = 64
-    model_size: str = "base"
+    # None: the objective's own default (OBJECTIVE_DEFAULTS)
+    image_size: Optional[int] = None
+    model_size: Optional[str] = None
     latent_dim: int = 1024
-    epochs: int = 350
-    batch_size: int = 8
-    lr: float = 1e-4
+    epochs: Optional[int] = None
+    batch_size: Optional[int] = None
+    lr: Optional[float] = None
     beta1: float = 0.001
     beta2: float = 0.99
     loss: str = "wgan-gp"  # or "hinge"
@@ -184,10 +195,8 @@ class TrainConfig(SavedConfig):
     n_critic: int = 1  # discriminator steps per generator step
     grad_clip: float = 5.0
     ema_decay: float = 0.999
-    # DiffAugment policy. No "color" by default: on the demo data, whose normals differ mostly in
-    # lighting, a tiny 32 px run (lr 2e-4, 1200 steps) with "color,translation,cutout" left the
-    # training images 0.165 mean L1 from their nearest sample (the mean image: 0.185), against 0.109
-    # without "color"; and colour (a stain) is itself a defect cue. Add "color" for tiny, varied sets.
+    # DiffAugment policy; no "color": lighting is most of the normals' variation, and a colour change
+    # (a stain) is itself a defect (docs/experiments.md). Add it for tiny, varied sets.
     diffaug: str = "translation,cutout"
     val_fraction: float = 0.1
     seed: int = 0
@@ -198,13 +207,13 @@ class TrainConfig(SavedConfig):
     # (README, "Reproducibility"). 0 keeps torch's default (the number of cores).
     deterministic: bool = False
     threads: int = 0
-    sample_every: int = 1  # epochs between sample grids / plots
+    sample_every: int = 10  # epochs between sample grids / plots
     # epochs between checkpoints (and always after the last one): a base checkpoint is ~2.2 GB
     checkpoint_every: int = 10
     num_workers: int = 0
     model: Dict[str, Any] = field(default_factory=dict)  # extra ModelConfig overrides
-    # "gan": TransGAN on normals (the study); "restore": the restorer on synthetic defects
-    # (`gan.restore`), whose settings are RestoreConfig fields overridden by `restore`
+    # which network trains: "gan" (the study's TransGAN on normals) or "restore" (the restorer on
+    # synthetic defects, "restorer" is the same; its settings: RestoreConfig fields overridden by `restore`)
     objective: str = "gan"
     restore: Dict[str, Any] = field(default_factory=dict)  # RestoreConfig overrides
     # Fields that may change between a checkpoint and the run resuming it without a warning (`model`:
@@ -213,8 +222,12 @@ class TrainConfig(SavedConfig):
                    "output_dir", "amp", "model", "deterministic")
 
     def __post_init__(self):
-        check_choice(self, "loss", ("wgan-gp", "hinge"))
+        self.objective = OBJECTIVE_ALIASES.get(self.objective, self.objective)
         check_choice(self, "objective", OBJECTIVES)
+        for name, value in OBJECTIVE_DEFAULTS[self.objective].items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+        check_choice(self, "loss", ("wgan-gp", "hinge"))
         check_choice(self, "amp", AMP_MODES)
         for name in ("epochs", "batch_size", "n_critic", "sample_every", "checkpoint_every", "latent_dim"):
             check_number(self, name, int, low=1)
@@ -243,7 +256,12 @@ class TrainConfig(SavedConfig):
         return RestoreConfig.from_dict(self.restore)
 
 
-OBJECTIVES = ("gan", "restore")
+# The training settings that differ between the two networks; a TrainConfig field left None takes its
+# objective's. The restorer's are the settings of the README's restorer table (docs/experiments.md).
+OBJECTIVE_DEFAULTS = {
+    "gan": dict(image_size=64, model_size="base", epochs=350, batch_size=8, lr=1e-4),
+    "restore": dict(image_size=64, model_size="tiny", epochs=40, batch_size=16, lr=5e-4),
+}
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 
 
@@ -262,7 +280,7 @@ DIFFAUG_OPS = ("color", "translation", "cutout")
 
 @dataclass
 class RestoreConfig(SavedConfig):
-    """The restorer objective (`TrainConfig.objective = "restore"`, `gan.restore`): its extra
+    """The restorer (`TrainConfig.objective = "restore"`, `methods.restorer`): its extra
     architecture, synthetic defects and loss weights. Saved in the checkpoint's config ("restore")."""
     enc_depth: int = 2  # transformer blocks of the image encoder
     head_dim: int = 32  # width of the segmentation head
@@ -289,13 +307,9 @@ class RestoreConfig(SavedConfig):
         check_number(self, "p_defect", low=0, high=1, low_open=True)
 
 
-# Names shared by the mapping settings and the detection code (`detection.mapping`, `detection.maps`).
-MAPPING_METHODS = ("iterative", "encoder", "hybrid")
 FEATURE_KINDS = ("discriminator", "perceptual", "none")
 MAP_KINDS = ("residual", "shift_residual", "ssim", "msgms")
-# The restorer (`detection.restoration`): one pass, no latent search; its head's map is one more kind.
-RESTORE_METHOD = "restore"
-DEFECT_MAP_KIND = "defect"
+DEFECT_MAP_KIND = "defect"  # the restorer head's map: one more map kind
 
 
 @dataclass
@@ -307,7 +321,7 @@ class MappingConfig(SavedConfig):
     evaluated ones were.
     """
     method: str = "iterative"  # one of MAPPING_METHODS, or RESTORE_METHOD (a trained restorer, one pass)
-    iterations: Optional[int] = 1000  # as given; `detection.mapping.resolve_iterations` gives the steps run
+    iterations: Optional[int] = 1000  # as given; `methods.transgan.mapping.resolve_iterations` gives the steps run
     lambda_: float = 0.1  # weight of the feature term of the mapping loss
     feature: str = "discriminator"  # one of FEATURE_KINDS
     restarts: int = 1  # initial codes per image, the best kept
@@ -323,6 +337,8 @@ class MappingConfig(SavedConfig):
     threshold_q: float = 99.0  # decision threshold: this percentile of validation-normal scores
 
     def __post_init__(self):
+        if self.method in METHODS:  # the registry's name: "restorer" is scored as "restore"
+            self.method = METHODS[self.method].scoring
         for name, value, allowed in (("method", self.method, MAPPING_METHODS + (RESTORE_METHOD,)),
                                      ("feature", self.feature, FEATURE_KINDS),
                                      ("map_kind", self.map_kind, ("auto", DEFECT_MAP_KIND) + MAP_KINDS)):
@@ -345,7 +361,7 @@ class MappingConfig(SavedConfig):
 
 @dataclass
 class EncoderConfig(SavedConfig):
-    """Training of the f-AnoGAN encoder (`detection.encoder_training.train_encoder`); saved in
+    """Training of the f-AnoGAN encoder (`methods.transgan.encoder.train_encoder`); saved in
     encoder.pt, which is reused only for the same settings and GAN checkpoint."""
     epochs: int = 50
     batch_size: int = 32

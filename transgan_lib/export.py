@@ -20,8 +20,8 @@ import torch
 from torch import nn
 
 from .config import RESTORE_METHOD
-from .detection.restoration import detection_maps
-from .detection.scoring import Scorer
+from .methods.restorer.detect import detection_maps
+from .methods.scoring import Scorer
 from .runs import file_fingerprint
 from .utils import PathLike, atomic_write_json, atomic_write
 

@@ -1,5 +1,5 @@
 """Gaussian filtering and SSIM of image tensors, shared by the anomaly maps (`detection.maps`) and
-the restorer's training loss (`gan.losses.ssim_loss`): one implementation below both stages.
+the restorer's training loss (`training.losses.ssim_loss`): one implementation below both stages.
 
 Shape letters: B batch, C channels, H, W image height/width, K kernel length.
 """

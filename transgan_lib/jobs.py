@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+from .config import get_method
 from .metrics import SEED_SUMMARY_KEYS, summarize_seeds
 from .runs import run_paths, seed_output_dir, seed_summary_path
 from .utils import PROGRESS_ENV, atomic_write_json
@@ -26,11 +27,8 @@ from .utils import PROGRESS_ENV, atomic_write_json
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO_ROOT / "notebooks"
 
-# The demo's settings: sized so the whole job runs in under 10 minutes on a 2-core CPU.
-# 32 px, lr 5e-4 and no colour DiffAugment: the settings under which a tiny TransGAN learns the demo
-# surface (bricks and their lighting) in ~1200 steps; the search starts from the best of 64 prior
-# codes per image (see mapping.map_to_latent `candidates`). They were chosen on "demo" (partly by
-# its test AUROC, in early sessions); "demo_holdout" is never tuned on.
+# The demo's settings, sized so the whole job runs in under 10 minutes on a 2-core CPU; how they were
+# chosen: docs/experiments.md. "demo_holdout", "demo_gravel" and "demo_tissue" were never tuned on.
 DEMO_PARAMETERS = {
     "02_train_mvtec": dict(category="demo", image_size=32, model_size="tiny", latent_dim=128, epochs=110, batch_size=16,
                            lr=5e-4,
@@ -38,12 +36,8 @@ DEMO_PARAMETERS = {
     "03_latent_mapping": dict(category="demo", method="iterative", iterations=150, candidates=64, batch_size=64),
     "04_residual_heatmaps": dict(category="demo", method="iterative"),
 }
-# The restorer's settings in the demo job: the issue's CPU settings (tiny, lr 5e-4, batch 16) at the
-# size and epochs that fit the job's 10 minutes beside the GAN (whose 02 -> 03 -> 04 take ~7 min),
-# chosen on "demo"'s validation normals and their synthetic defects (the history's val_seg_*), never
-# on a test split: at 32 px an epoch took 3.5 s and the head reached validation image AUROC 1.000
-# and pixel AUROC 0.961 by epoch 20 (0.988 by 40); at 64 px an epoch took 6.5 s and epoch 10 gave
-# 0.86 / 0.91. The issue's quality settings (64 px, 40 epochs) take 5-6 min alone.
+# The restorer's settings in the demo job: its own defaults at the size and length that fit the job's
+# 10 minutes beside the GAN, chosen on validation normals and synthetic defects (docs/experiments.md).
 RESTORE_SIZE, RESTORE_EPOCHS = 32, 20
 DEMO_RESTORE_PARAMETERS = {
     "02_train_mvtec": dict(category="demo", objective="restore", image_size=RESTORE_SIZE, model_size="tiny",
@@ -53,8 +47,22 @@ DEMO_RESTORE_PARAMETERS = {
     "04_residual_heatmaps": dict(category="demo", method="restore"),
 }
 DETECTORS = {"restore": DEMO_RESTORE_PARAMETERS, "iterative": DEMO_PARAMETERS}  # run order: the GAN last
-LABELS = {"restore": "restorer", "iterative": "TransGAN AnoGAN"}
 SEEDED = ("02_train_mvtec", "03_latent_mapping")  # the notebooks whose `seed` a seed sets
+
+
+def detector_names(detectors: Sequence[str]) -> List[str]:
+    """The demo's detectors as notebooks 03/04 name them ("restorer" and "restore" are one); ValueError
+    for a method the demo does not run."""
+    names = []
+    for d in detectors:
+        try:
+            names.append(get_method(d).scoring)
+        except ValueError:
+            names.append(d)
+    unknown = [d for d, n in zip(detectors, names) if n not in DETECTORS]
+    if unknown:
+        raise ValueError(f"unknown detector(s) {unknown}; known: {[get_method(d).name for d in DETECTORS]}")
+    return names
 
 
 @contextlib.contextmanager
@@ -125,9 +133,7 @@ def run_demo(*, data_root: str = "data/mvtec_ad", output_dir: str = "runs", devi
     {notebook name: {parameter: value}}, applied to every detector's notebooks; `timeout`: seconds per
     notebook (`run_notebook`). Returns {method: its metrics} for `detectors` ("restore", "iterative"),
     in the order they ran."""
-    unknown = [d for d in detectors if d not in DETECTORS]
-    if unknown:
-        raise ValueError(f"unknown detector(s) {unknown}; known: {list(DETECTORS)}")
+    detectors = detector_names(detectors)
     data_root, output_dir = str(Path(data_root).resolve()), str(Path(output_dir).resolve())
     paths = run_paths(output_dir, category)
     start, results = time.perf_counter(), {}
@@ -140,7 +146,7 @@ def run_demo(*, data_root: str = "data/mvtec_ad", output_dir: str = "runs", devi
             run_notebook(name, folder, params, cwd=Path.cwd(), progress=progress, timeout=timeout)
         results[detector] = json.loads(paths.method_metrics(detector).read_text())
     print(f"\n{category}, seed {seed}: finished in {time.perf_counter() - start:.0f} s (a demo, not a benchmark).")
-    print("\n".join(format_run(m, LABELS[d]) for d, m in results.items()))
+    print("\n".join(format_run(m, get_method(d).label) for d, m in results.items()))
     print(f"  executed notebooks: {paths.notebooks}\n  figures, checkpoints: {paths.root}\n  metrics: "
           + ", ".join(str(paths.method_metrics(d)) for d in results))
     return results
@@ -149,7 +155,7 @@ def run_demo(*, data_root: str = "data/mvtec_ad", output_dir: str = "runs", devi
 def format_run(metrics: dict, label: str = "TransGAN") -> str:
     """The headline of one run of one detector: its metrics and the floors beside them (the floors
     are computed at that detector's image size)."""
-    from .detection.pipeline import verdict
+    from .methods.pipeline import verdict
     size = metrics.get("image_size")
 
     def num(value):  # null in metrics.json: not available (see its "unavailable")

@@ -108,16 +108,16 @@ def train_distributed(cfg: TrainConfig, nproc: int, *, echo: Callable[[str], Any
     stream_command(command, env=child_env(), log_path=paths.train_log, echo=echo)
     history_path = paths.history("json")
     history = json.loads(history_path.read_text()) if history_path.is_file() else []
-    checkpoint = paths.restorer if cfg.objective == "restore" else paths.checkpoint
+    checkpoint = paths.training_file(cfg.objective)
     return {"history": history, "checkpoint": str(checkpoint), "output_dir": str(paths.root), "gpus": nproc}
 
 
 def train_on_gpus(cfg: TrainConfig, gpus: Union[str, int] = "auto", **kwargs) -> Dict[str, Any]:
     """Notebook 02's training call: `train_distributed` on every GPU when `count_gpus(gpus, ...)`
-    is 2 or more, else `gan.train.train_gan(cfg, **kwargs)` in this process. Both resume from
+    is 2 or more, else `methods.transgan.train.train_gan(cfg, **kwargs)` in this process. Both resume from
     the run's checkpoint; both return "history" and "checkpoint"."""
     n = count_gpus(gpus, cfg.device)
     if n >= 2:
         return train_distributed(cfg, n)
-    from .gan.train import train_gan
+    from .methods.transgan.train import train_gan
     return train_gan(cfg, **kwargs)

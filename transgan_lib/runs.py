@@ -3,11 +3,11 @@
 Users' scripts read these names, so they are an interface: add, never rename.
 
     <output_dir>/<category>/
-        checkpoint.pt                    GAN training state (resumable; `gan.checkpoint`)
+        checkpoint.pt                    GAN training state (resumable; `methods.transgan.checkpoint`)
         weights.pt                       its weights only (EMA G, D, configs): what scoring needs
-        encoder.pt                       f-AnoGAN encoder of that GAN (`detection.encoder_training`)
-        restorer.pt                      restorer training state (objective "restore"; `gan.restore`)
-        mapping_<method>.pt              latent mapping of validation/test images (`detection.pipeline`)
+        encoder.pt                       f-AnoGAN encoder of that GAN (`methods.transgan.encoder`)
+        restorer.pt                      restorer training state (objective "restore"; `methods.restorer.train`)
+        mapping_<method>.pt              latent mapping of validation/test images (`methods.pipeline`)
         mapping_<method>.json            notebook 03's summary
         metrics.json                     notebook 04's metrics (of the method it ran last)
         metrics_<method>.json            the same, one file per method (iterative, encoder, hybrid, restore)
@@ -83,6 +83,10 @@ class RunPaths:
         """history.json, history.csv or history.png (`suffix` without the dot), prefixed."""
         return self.root / f"{self.prefix}history.{suffix}"
 
+    def training_file(self, objective: str) -> Path:
+        """The training checkpoint of an objective's network: checkpoint.pt ("gan") or restorer.pt."""
+        return self.root / TRAINING_FILES[objective]
+
     def samples(self, epoch: int = None) -> Path:
         """samples_epoch_<NNNN>.png for `epoch`, samples_latest.png for None, prefixed."""
         return self.root / (f"{self.prefix}samples_latest.png" if epoch is None
@@ -90,6 +94,7 @@ class RunPaths:
 
 
 OBJECTIVE_PREFIX = {"gan": "", "restore": "restore_"}
+TRAINING_FILES = {"gan": "checkpoint.pt", "restore": "restorer.pt"}
 
 
 def run_paths(output_dir: PathLike, category: str, objective: str = "gan") -> RunPaths:

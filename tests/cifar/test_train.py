@@ -26,7 +26,7 @@ from transgan_lib.cifar.train import (
     train_step,
 )
 from transgan_lib.config import ConfigError, config_from_parameters
-from transgan_lib.gan.checkpoint import CheckpointError, load_checkpoint, load_generator
+from transgan_lib.methods.transgan.checkpoint import CheckpointError, load_checkpoint, load_generator
 from transgan_lib.metrics import image_auroc
 from transgan_lib.runs import run_paths
 

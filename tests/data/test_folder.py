@@ -69,8 +69,8 @@ def test_own_folders_train_evaluate_and_score(demo_root, tmp_path, masks):
     and 3:2 images among the good parts); pixel metrics only with masks."""
     from transgan_lib.cli import main
     from transgan_lib.config import MappingConfig, TrainConfig
-    from transgan_lib.detection.pipeline import evaluate, run_mapping
-    from transgan_lib.gan.train import train_gan
+    from transgan_lib.methods.pipeline import evaluate, run_mapping
+    from transgan_lib.methods.transgan.train import train_gan
     root = _folders(demo_root, tmp_path / "line", masks=masks, odd=True)
     cfg = TrainConfig(category="line", output_dir=str(tmp_path / "runs"), normal_dir=str(root / "good"),
                       abnormal_dir=[str(root / "scratch"), str(root / "patch")],

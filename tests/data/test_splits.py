@@ -4,7 +4,7 @@ import pytest
 from transgan_lib.config import TrainConfig
 from transgan_lib.data.mvtec import DatasetError
 from transgan_lib.data.splits import open_split, train_val_split
-from transgan_lib.gan.train import train_gan
+from transgan_lib.methods.transgan.train import train_gan
 
 from .test_mvtec import write_category
 

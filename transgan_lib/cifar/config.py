@@ -14,9 +14,8 @@ from .data import DATASETS
 from .losses import D_LOSSES
 from .model import FEATURE_EXTRACTORS
 
-# Encoder defaults per model size: (feature extractor, encoder input size). `tiny` (a small conv net
-# trained with the model, 32 px) keeps a CPU epoch over ~1,300 32x32 images near 12 s on 2 cores;
-# `base` is the study's ImageNet ResNet50.
+# Encoder defaults per model size: (feature extractor, encoder input size). `tiny`: a small conv net
+# trained with the model, for CPUs (docs/experiments.md); `base`: the study's ImageNet ResNet50.
 ENCODER_PRESETS: Dict[str, Tuple[str, int]] = {
     "tiny": ("convnet", 32), "small": ("resnet50", 128), "base": ("resnet50", 224)}
 LOSS_NAMES = ("l1", "patch", "latent", "adv_normal", "adv_anomalous", "abc")
@@ -51,7 +50,7 @@ class CifarConfig:
     beta2: float = 0.99
     d_loss: str = "hinge"  # or "bce"
     grad_clip: float = 5.0
-    ema_decay: float = 0.995  # EMA of the reconstruction model, which scores (warm-up: see gan.stack.build_ema)
+    ema_decay: float = 0.995  # EMA of the reconstruction model, which scores (warm-up: see training.stack.build_ema)
     w_l1: float = 10.0
     w_patch: float = 10.0
     w_latent: float = 1.0
@@ -73,7 +72,7 @@ class CifarConfig:
     resume: bool = True  # continue from run_dir's checkpoint.pt if there is one (a finished run is loaded)
     progress: bool = True
     model: Dict[str, Any] = field(default_factory=dict)  # extra ModelConfig overrides
-    # Fields that may differ between a checkpoint and the config that resumes it (`gan.stack.check_resume`)
+    # Fields that may differ between a checkpoint and the config that resumes it (`training.stack.check_resume`)
     # (score_weights and threshold_percentile only score: a finished run is re-scored with new ones)
     RESUME_FREE: ClassVar[Tuple[str, ...]] = ("epochs", "resume", "device", "progress", "amp", "checkpoint_every",
                                               "download", "output_dir", "score_weights", "threshold_percentile")

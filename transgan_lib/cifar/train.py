@@ -11,14 +11,14 @@ One training step (`train_step`):
   3. update G and both encoder heads (and the encoder trunk when `finetune_encoder`) with the
      weighted sum of the six losses of `cifar.losses`. The latent loss compares E2(G(z)) with
      E1(x) detached: E2 learns to invert G, and E1 cannot shrink its latents to cheat the loss.
-After every step an EMA of the reconstruction model (E1, G, E2; `gan.stack.build_ema` with warm-up,
+After every step an EMA of the reconstruction model (E1, G, E2; `training.stack.build_ema` with warm-up,
 decay `ema_decay`) is updated; it scores (`CifarRun.scoring_model`): the raw weights swing from step to
 step, and so did the scores measured on validation data.
 Batches: every epoch walks once over the normals in a seeded random order; each step also draws
 `anomaly_batch_size` labelled anomalies *with replacement*, so every step sees some although they
 are few (5 % of one class by default).
 
-The optimiser step, checkpoint format and resume policy are the shared training stack's (`gan.stack`).
+The optimiser step, checkpoint format and resume policy are the shared training stack's (`training.stack`).
 Reproducibility: model init uses `cfg.seed`; every random draw of epoch e (normal order, anomaly
 picks) comes from a CPU generator seeded by `epoch_seed(seed, e)`; a checkpoint (kind "cifar-dual")
 holds the models, optimizers, grad scaler, global RNG states and history, so a run resumed from
@@ -35,7 +35,7 @@ from typing import Any, Dict, List, NamedTuple, Optional, Tuple, Union
 import torch
 from tqdm.auto import tqdm
 
-from ..gan.stack import (
+from ..training.stack import (
     build_checkpoint,
     build_ema,
     check_resume,
@@ -44,7 +44,7 @@ from ..gan.stack import (
     load_state_dicts,
     optimizer_step,
     read_checkpoint,
-    restore_checkpoint,
+    load_checkpoint_state,
     resume_message,
     save_checkpoint,
 )
@@ -61,7 +61,7 @@ from .data import (
 from .model import DualReconstructionModel, build_dual_models
 from .score import validation_auroc
 
-KIND = "cifar-dual"  # the checkpoint kind (`gan.stack`)
+KIND = "cifar-dual"  # the checkpoint kind (`training.stack`)
 MODEL_KEYS = ("model", "d_normal", "d_anomalous")  # checkpoint keys of CifarModels' state dicts
 OPTIMIZER_KEYS = ("opt_g", "opt_d_normal", "opt_d_anomalous")
 
@@ -137,7 +137,7 @@ def train_step(models: CifarModels, opts: CifarOptimizers, x_n: torch.Tensor, x_
 
     x_n: (Bn, 3, H, W) normals, x_a: (Ba, 3, H, W) labelled anomalies (Ba may be 0), in [-1, 1].
     Returns detached scalar tensors: the six generator losses, "g_total", "d_normal", "d_anomalous".
-    `scaler`: one grad scaler for the three updates (`gan.stack.grad_scaler`; None: no loss scaling).
+    `scaler`: one grad scaler for the three updates (`training.stack.grad_scaler`; None: no loss scaling).
     """
     model, d_n, d_a = models
     scaler = scaler or torch.amp.GradScaler(enabled=False)
@@ -189,7 +189,7 @@ def _stateful(run: CifarRun, opts: CifarOptimizers, scaler) -> Dict[str, Any]:
 
 
 def read_cifar_checkpoint(path: PathLike) -> Dict[str, Any]:
-    """The checkpoint dict at `path` (`gan.stack` format, kind "cifar-dual"; files written before
+    """The checkpoint dict at `path` (`training.stack` format, kind "cifar-dual"; files written before
     the shared stack load too), on the CPU.
 
     Raises:
@@ -197,6 +197,7 @@ def read_cifar_checkpoint(path: PathLike) -> Dict[str, Any]:
         CheckpointError: the file is corrupt (delete it), a GAN checkpoint, or incomplete.
     """
     return read_checkpoint(path, KIND, required=("config", "epoch", "history", *MODEL_KEYS),
+                           legacy=lambda ckpt: ckpt.get("format") == "cifar-dual-v1",
                            train_hint="Train first (train_cifar, or notebook 05), or check output_dir, "
                                       "protocol and anomaly_class.")
 
@@ -210,7 +211,7 @@ def _resume(run: CifarRun, opts: CifarOptimizers, scaler, path: Path) -> int:
     for key in ("scaler", "ema"):  # written before the shared stack (no scaler, RNG states) or the EMA
         if key not in ckpt:
             del objects[key]
-    restore_checkpoint(ckpt, objects)
+    load_checkpoint_state(ckpt, objects)
     run.history[:] = ckpt["history"]
     return int(ckpt["epoch"])
 
@@ -252,7 +253,7 @@ def train_cifar(cfg: CifarConfig, split: Optional[AnomalySplit] = None,
     `split` (or `data` = (train, test) to split) skips reading the dataset. A checkpoint
     (models, optimizers, grad scaler, RNG states, config, history) is written atomically to
     `run_dir(cfg)/checkpoint.pt` every `checkpoint_every` epochs and after the last one. With
-    `cfg.resume` (the default, as `gan.train.train_gan`), training continues from it exactly as if
+    `cfg.resume` (the default, as `methods.transgan.train.train_gan`), training continues from it exactly as if
     uninterrupted, and a finished run (checkpoint epoch >= cfg.epochs) is loaded, not trained again;
     `resume=False` starts over.
     """

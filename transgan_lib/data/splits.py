@@ -1,5 +1,5 @@
-"""Opening a category's splits: the one place where an embedded demo category ("demo", "demo_holdout",
-"demo_gravel", "demo_tissue") is built on first use; every other category is read as it is, with
+"""Opening a category's splits: the one place where an embedded demo category (`demo.DEMO_CATEGORIES`)
+is built on first use; every other category, or a user's own folders, is read as it is, with
 `DatasetError` naming the fix when it is missing or mis-laid."""
 from __future__ import annotations
 
