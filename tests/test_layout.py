@@ -97,3 +97,21 @@ def test_layout_test_catches_an_upward_import(tmp_path, monkeypatch):
         test_imports_point_down_the_data_flow(bad)
     with pytest.raises(AssertionError, match="private"):
         test_no_private_names_across_modules(bad)
+
+
+def test_the_training_stack_names_no_method():
+    """training/ is every method's loop: no "restore" anywhere in it (issue 22's `git grep`), and no
+    method, objective or checkpoint kind as a string in its code, so it cannot branch on one."""
+    from transgan_lib.cifar.train import KIND as CIFAR_KIND
+    from transgan_lib.config import METHODS, OBJECTIVES
+    from transgan_lib.methods.restorer.train import KIND as RESTORER_KIND
+    from transgan_lib.methods.transgan.checkpoint import KIND as GAN_KIND
+    from transgan_lib.methods.transgan.checkpoint import WEIGHTS_KIND
+    names = {n for m in METHODS.values() for n in (m.name, m.scoring, *m.aliases)}
+    names |= set(OBJECTIVES) | {GAN_KIND, WEIGHTS_KIND, RESTORER_KIND, CIFAR_KIND}
+    for path in sorted((PACKAGE / "training").glob("*.py")):
+        text = path.read_text()
+        assert "restore" not in text.lower(), f"{dotted(path)} mentions 'restore'"
+        strings = {n.value for n in ast.walk(ast.parse(text))
+                   if isinstance(n, ast.Constant) and isinstance(n.value, str)}
+        assert not strings & names, f"{dotted(path)} names the method(s) {sorted(strings & names)}"
