@@ -84,3 +84,13 @@ def test_score_takes_lambda_and_feature_from_the_evaluated_run(evaluated_run, de
     residual, feature = float(row["residual_score"]), float(row["feature_score"])
     assert feature > 0  # the discriminator feature term of the mapping
     assert float(row["anogan_score"]) == pytest.approx((1 - config.lambda_) * residual + config.lambda_ * feature)
+
+
+def test_method_names_come_from_the_registry_old_spellings_too():
+    from transgan_lib.cli import build_parser
+    base = ["score", "--checkpoint", "c", "--images", "i", "--out", "o", "--method"]
+    assert build_parser().parse_args(base + ["restorer"]).method == "restore"
+    assert build_parser().parse_args(base + ["restore"]).method == "restore"
+    assert build_parser().parse_args(base + ["hybrid"]).method == "hybrid"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(base + ["restorr"])

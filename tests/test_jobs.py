@@ -117,3 +117,11 @@ def test_the_main_job_gives_every_notebook_a_time_limit(fake_notebooks, monkeypa
     monkeypatch.setattr(jobs, "run_notebook", lambda *a, **kw: (limits.append(kw["timeout"]), real(*a, **kw))[1])
     jobs.run_demo(data_root=str(tmp_path), output_dir=str(tmp_path / "runs"), progress=False)
     assert len(limits) == 6 and set(limits) == {jobs.DEMO_TIMEOUT}
+
+
+def test_the_demo_takes_the_registry_names_of_its_detectors():
+    from transgan_lib.jobs import detector_names
+    assert detector_names(["restorer", "iterative"]) == ["restore", "iterative"]
+    assert detector_names(["restore"]) == ["restore"]
+    with pytest.raises(ValueError, match="unknown detector"):
+        detector_names(["hybrid"])  # a method the demo does not run
