@@ -107,9 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
         if f.name in ("model", "restore"):  # dicts of ModelConfig / RestoreConfig overrides
             p.add_argument(f"--{f.name}", type=json.loads, help='JSON overrides, e.g. \'{"attn_impl": "math"}\'')
         else:
-            default = OBJECTIVE_DEFAULTS["gan"].get(f.name, f.default)  # None: the objective's default
+            per_objective = {o: d[f.name] for o, d in OBJECTIVE_DEFAULTS.items() if f.name in d}
+            default = per_objective.get("gan", f.default)
             kind = str if default is None else type(default)
-            p.add_argument(f"--{f.name}", type=kind, default=None, help=f"default {f.default!r}")
+            shown = ", ".join(f"{o} {v!r}" for o, v in per_objective.items()) if per_objective else repr(f.default)
+            p.add_argument(f"--{f.name}", type=kind, default=None, help=f"default {shown}")
     p.add_argument("--max_steps", type=int, default=None, help="stop after this many D steps")
     p.add_argument("--no_resume", action="store_true", help="start over even if a checkpoint exists")
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
