@@ -230,7 +230,7 @@ def section_score(s: Settings, sec: Section, device: torch.device) -> None:
         sec.add({"work": "restorer pass", "batch": len(x), "images_per_s": len(x) / seconds,
                  "peak_gib": _peak_gib(device)})
     R = None  # free it before the GAN is built
-    G, D = (m.to(device) for m in build_training_models(cfg))
+    G, D = (m.to(device) for m in methods.objective(cfg.objective).build_models(cfg))
     E = LatentEncoder(image_size=cfg.image_size, latent_dim=cfg.latent_dim, model_size=encoder_size(G)).to(device)
     with _guard(sec, {"work": "encoder pass"}, device):
         run = lambda: map_images(G, D, x, method="encoder", encoder=E.eval(), batch_size=len(x),  # noqa: E731

@@ -88,7 +88,7 @@ def test_demo_runs_one_detector_when_asked(fake_notebooks, tmp_path):
     results = jobs.run_demo(output_dir=str(tmp_path / "out"), data_root=str(tmp_path / "d"), detectors=["iterative"])
     assert list(results) == ["iterative"] and len(fake_notebooks) == 3
     with pytest.raises(ValueError, match="unknown detector"):
-        jobs.run_demo(output_dir=str(tmp_path / "out"), detectors=["restorer"])
+        jobs.run_demo(output_dir=str(tmp_path / "out"), detectors=["restorr"])
 
 
 def test_cli_demo_passes_the_detectors(fake_notebooks, tmp_path):

@@ -9,7 +9,7 @@ import torch
 from transgan_lib.config import ConfigError, MappingConfig, TrainConfig
 from transgan_lib.data.mvtec import MVTecAD
 from transgan_lib.data.synthetic import cutpaste
-from transgan_lib.detection import pipeline
+from transgan_lib.methods import pipeline
 from transgan_lib.detection.baselines import mean_image_baseline
 from transgan_lib.methods.transgan.mapping_file import MAPPING_FORMAT
 from transgan_lib.detection.maps import resize_maps
@@ -218,18 +218,18 @@ def test_a_run_without_validation_normals_is_refused_before_any_work(trained_run
     """val_fraction=0 leaves no normal to threshold on or to choose the map kind with: a ConfigError
     saying so, before the training images are read or anything is mapped."""
     cfg = copy_run(trained_run, tmp_path)
-    real_load_models = pipeline.load_models
+    real_load_detector = pipeline.load_detector
 
     def without_validation(*args, **kw):
-        G, D, model_config, train_config = real_load_models(*args, **kw)
+        G, D, model_config, train_config = real_load_detector(*args, **kw)
         return G, D, model_config, dataclasses.replace(train_config, val_fraction=0.0)
 
     def expensive(*args, **kw):
         raise AssertionError("reached the expensive part")
 
-    monkeypatch.setattr(pipeline, "load_models", without_validation)
+    monkeypatch.setattr(pipeline, "load_detector", without_validation)
     monkeypatch.setattr(pipeline, "train_val_split", expensive)
-    monkeypatch.setattr(pipeline, "map_with_config", expensive)
+    monkeypatch.setattr(pipeline, "detect", expensive)
     with pytest.raises(ConfigError, match=r"val_fraction=0\b.*validation normals.*val_fraction > 0"):
         _map(cfg)
     assert not mapping_path(cfg.output_dir, cfg.category, "iterative").exists()
