@@ -65,12 +65,3 @@ def test_notebook_02_with_only_the_objective_set_trains_the_restorer_with_its_de
     assert cfg == TrainConfig(objective="restore")
     assert (cfg.model_size, cfg.epochs, cfg.batch_size, cfg.lr) == ("tiny", 40, 16, 5e-4)
 
-
-def test_the_registry_names_each_method_once_and_old_spellings_still_work():
-    from transgan_lib.config import MAPPING_METHODS, METHODS, RESTORE_METHOD, MappingConfig, get_method
-    assert tuple(METHODS) == ("restorer", "iterative", "encoder", "hybrid")
-    assert MAPPING_METHODS == ("iterative", "encoder", "hybrid") and RESTORE_METHOD == "restore"
-    assert get_method("restore") is get_method("restorer") is METHODS["restorer"]
-    assert MappingConfig(method="restorer").method == "restore"  # files keep their names: metrics_restore.json
-    with pytest.raises(ValueError, match="Did you mean 'hybrid'"):
-        get_method("hybird")
