@@ -310,6 +310,7 @@ class RestoreConfig(SavedConfig):
 FEATURE_KINDS = ("discriminator", "perceptual", "none")
 MAP_KINDS = ("residual", "shift_residual", "ssim", "msgms")
 DEFECT_MAP_KIND = "defect"  # the restorer head's map: one more map kind
+SELECTION_DEFECTS = ("auto", "cutpaste", "probe")
 
 
 @dataclass
@@ -329,7 +330,11 @@ class MappingConfig(SavedConfig):
     batch_size: int = 32  # images searched at once (changes nothing but rounding)
     seed: int = 0  # base of the per-image initial codes and of the CutPaste copies
     lr: float = 0.01  # Adam step size on z
-    synthetic_copies: int = 3  # CutPaste copies of each validation normal (map-kind choice)
+    synthetic_copies: int = 3  # synthetic copies of each validation normal (map-kind choice)
+    # which copies: "auto" (CutPaste for the TransGAN, which trained on normals alone; probe defects,
+    # `data.probe_defects`, for the restorer, which trained on CutPaste among others), "cutpaste" or "probe";
+    # never a family the network trained on (`pipeline.selection_family`)
+    selection_defects: str = "auto"
     # "auto" (chosen on validation normals and their copies) or one of MAP_KINDS (or "defect": the
     # restorer head's map, method "restore" only)
     map_kind: str = "auto"
@@ -341,6 +346,7 @@ class MappingConfig(SavedConfig):
             self.method = METHODS[self.method].scoring
         for name, value, allowed in (("method", self.method, MAPPING_METHODS + (RESTORE_METHOD,)),
                                      ("feature", self.feature, FEATURE_KINDS),
+                                     ("selection_defects", self.selection_defects, SELECTION_DEFECTS),
                                      ("map_kind", self.map_kind, ("auto", DEFECT_MAP_KIND) + MAP_KINDS)):
             if value not in allowed:
                 raise ConfigError(f"MappingConfig.{name} must be one of {allowed}, got {value!r}")

@@ -36,22 +36,20 @@ from ..config import ConfigError, EncoderConfig, MappingConfig, TrainConfig
 from ..data.folder import folder_spec_of
 from ..data.mvtec import stack_dataset
 from ..data.splits import open_split, train_val_split
-from ..data.synthetic import cutpaste
 from ..detection.baselines import run_baselines
 from ..detection.evaluation import load_evaluation_masks, metrics_at_size
 from ..detection.maps import MAP_KINDS, feature_residual_map, gaussian_smooth, max_score
-from ..metrics import image_auroc, roc_points, single_class_reason, threshold_from_normals
+from ..metrics import roc_points, single_class_reason, threshold_from_normals
 from ..runs import RunPaths, file_fingerprint, run_paths
 from ..utils import PathLike, atomic_write_json, check_writable, resolve_device
 from .detectors import detect, detector_file, load_detector
 from .restorer.detect import detection_maps, map_kinds_of
+from .selection import FALLBACK_MAP_KIND, select_map_kind  # noqa: F401 (re-exported)
+from .selection import copies_name, map_synthetic, selection_family
 from .transgan.encoder import ensure_encoder
 from .transgan.mapping import MappingResult
 from .transgan.mapping_file import MappedImages, MappingRun
 
-# The map kind used when `map_kind="auto"` has nothing to choose with (no synthetic anomalies were
-# mapped, or scoring without an evaluated run).
-FALLBACK_MAP_KIND = "residual"
 NO_MASKS = "not available: some defective test images have no mask (image metrics only)"
 
 
@@ -107,20 +105,6 @@ def _mapped(result: MappingResult, split: Dict[str, Any]) -> MappedImages:
                         paths=list(split["paths"]))
 
 
-def _map_synthetic(G, D, val: Dict[str, Any], config: MappingConfig, **kw) -> Optional[MappedImages]:
-    """`config.synthetic_copies` CutPaste copies of each validation normal, mapped (None for 0).
-
-    (B * copies, C, H, W): the copies of one normal are adjacent, so they alternate between a
-    CutPaste rectangle and a scar."""
-    k = config.synthetic_copies
-    if k == 0:
-        return None
-    images, masks = cutpaste(val["images"].repeat_interleave(k, 0), seed=config.seed)
-    return MappedImages(result=detect(G, D, images, config, **kw), labels=torch.ones(len(images)).long(),
-                        defects=["cutpaste"] * len(images), images=images, masks=masks,
-                        paths=[f"{p}#cutpaste{c}" for p in val["paths"] for c in range(k)])
-
-
 def run_mapping(config: MappingConfig, *, data_root: PathLike, category: str, output_dir: PathLike,
                 device: str = "auto", encoder_epochs: int = 50,
                 progress: bool = True) -> Tuple[MappingRun, Dict[str, Any]]:
@@ -143,6 +127,7 @@ def run_mapping(config: MappingConfig, *, data_root: PathLike, category: str, ou
     check_writable(run.root, "output folder")  # before any work
     G, D, model_config, train_config = load_detector(checkpoint, config.method, dev)  # missing: "train first"
     fingerprints = {"checkpoint": file_fingerprint(checkpoint), "encoder": None}
+    family = selection_family(config, train_config)  # ConfigError before any work
     splits = load_splits(data_root, category, train_config)  # ConfigError first without validation normals
     encoder, encoder_history = None, None
     if config.method in ("encoder", "hybrid"):
@@ -156,7 +141,7 @@ def run_mapping(config: MappingConfig, *, data_root: PathLike, category: str, ou
                          model_config=model_config.to_dict(), train_config=train_config.to_dict(),
                          **{name: _mapped(detect(G, D, splits[name]["images"], config, **kw), splits[name])
                             for name in ("val", "test")},
-                         val_synthetic=_map_synthetic(G, D, splits["val"], config, **kw),
+                         val_synthetic=map_synthetic(G, D, splits["val"], config, family, **kw),
                          encoder_history=encoder_history)
     mapping.save(run.mapping(config.method))
     return mapping, splits
@@ -186,33 +171,6 @@ def score_maps(images: torch.Tensor, result, *, map_kind: str = "residual",
                                     tuple(images.shape[-2:]))
         out["feature_map"] = gaussian_smooth(fmap, sigma)
     return out
-
-
-def select_map_kind(val_images: torch.Tensor, val, synthetic_images: Optional[torch.Tensor], synthetic, *,
-                    sigma: float = 4.0, kinds=None) -> Dict[str, Any]:
-    """The map kind whose image score (max of the smoothed map) best separates the validation
-    normals from their CutPaste copies: AUROC on those two sets only, ties to the earlier kind.
-
-    Args:
-        val_images, val: the validation normals (B, C, H, W) and their MappingResult.
-        synthetic_images, synthetic: the CutPaste copies (S, C, H, W) and their MappingResult,
-            or None, None.
-    Returns:
-        {"chosen": kind, "rule": text, "synthetic_auroc": {kind: AUROC}}; without synthetic
-        anomalies, FALLBACK_MAP_KIND and an empty table.
-    """
-    if synthetic is None:
-        return {"chosen": FALLBACK_MAP_KIND, "synthetic_auroc": {},
-                "rule": "no synthetic anomalies were mapped (synthetic_copies=0): default map kind"}
-    labels = torch.cat([torch.zeros(len(val_images)), torch.ones(len(synthetic_images))])
-    table, kinds = {}, kinds or map_kinds_of(val)  # a restorer's head map first
-    for kind in kinds:
-        scores = [max_score(detection_maps(images, result, kind, sigma))
-                  for images, result in ((val_images, val), (synthetic_images, synthetic))]
-        table[kind] = image_auroc(labels, torch.cat(scores))
-    chosen = max(kinds, key=lambda k: table[k])  # max keeps the first of equal values
-    return {"chosen": chosen, "synthetic_auroc": table,
-            "rule": "highest image AUROC of validation normals vs their CutPaste copies"}
 
 
 def _alternatives(test, val, images, val_images, masks, labels, defects, sigma) -> Dict[str, Any]:
@@ -304,7 +262,7 @@ def evaluate(*, data_root: PathLike, category: str, output_dir: PathLike, method
         print(f"NOTE: {reason}; they are null in metrics.json, with the reason under "
               "'unavailable'. Add test images of the missing class to measure the detector.")
     selection = select_map_kind(val_images, val, *((syn.images, syn.result) if syn else (None, None)),
-                                sigma=config.sigma)
+                                sigma=config.sigma, copies=copies_name(syn))
     kind = selection["chosen"] if config.map_kind == "auto" else config.map_kind
     t = score_maps(images, test, map_kind=kind, sigma=config.sigma)
     v = score_maps(val_images, val, map_kind=kind, sigma=config.sigma)

@@ -9,6 +9,7 @@ import torch
 from transgan_lib.config import ConfigError, MappingConfig, TrainConfig
 from transgan_lib.data.mvtec import load_image
 from transgan_lib.methods.pipeline import evaluate, run_mapping, select_map_kind
+from transgan_lib.data.probe_defects import PROBE_FAMILIES
 from transgan_lib.methods.restorer.detect import RESTORE_MAP_KINDS, detection_maps, restore_images
 from transgan_lib.methods.scoring import score_images
 from transgan_lib.methods.restorer.train import load_restorer
@@ -56,6 +57,11 @@ def test_metrics_keep_every_key_and_record_the_restore_method(restored_run, eval
     assert metrics["method"] == "restore" and metrics["iterations"] == 0
     assert metrics["map_kind"] in RESTORE_MAP_KINDS
     assert list(metrics["map_selection"]["synthetic_auroc"]) == list(RESTORE_MAP_KINDS)  # the head's map first
+    # chosen on probe defects, a family the restorer never trained on (CutPaste is one of its sources)
+    assert "probe-defect copies" in metrics["map_selection"]["rule"]
+    from transgan_lib.methods.transgan.mapping_file import MappingRun
+    synthetic = MappingRun.load(run_paths(cfg.output_dir, "demo").mapping("restore"), "restore").val_synthetic
+    assert set(synthetic.defects) == set(PROBE_FAMILIES) and "cutpaste" not in synthetic.defects
     assert "defect_map_max" in metrics["alternatives"] and "residual_map_max" in metrics["alternatives"]
     assert "anogan_score" not in metrics["alternatives"] and "anogan_score" in gan_metrics["alternatives"]
     assert set(metrics["baselines"]) == {"mean_image", "patch_nn"}
