@@ -15,7 +15,8 @@ from __future__ import annotations
 from typing import Sequence, Tuple
 
 import torch
-import torch.nn.functional as F
+
+from ..filters import separable_blur
 
 PROBE_FAMILIES = ("line", "pit", "smudge", "blur")
 
@@ -46,18 +47,6 @@ def _disc(g: torch.Generator, h: int, w: int, radius: float, edge: float) -> tor
     return ((radius - dist) / max(edge, 1e-6) + 0.5).clamp(0, 1)
 
 
-def _blurred(image: torch.Tensor, sigma: float) -> torch.Tensor:
-    """(C, H, W) `image` smoothed by a Gaussian of `sigma` px (edges replicated)."""
-    r = max(1, int(3 * sigma))
-    k = torch.exp(-torch.arange(-r, r + 1, dtype=torch.float32) ** 2 / (2 * sigma ** 2))
-    k = (k / k.sum()).to(image)
-    x = F.pad(image[None], (r, r, r, r), mode="replicate")
-    c = image.shape[0]
-    x = F.conv2d(x, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-    x = F.conv2d(x, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
-    return x[0]
-
-
 def probe_defect(image: torch.Tensor, family: str, g: torch.Generator) -> Tuple[torch.Tensor, torch.Tensor]:
     """One probe defect of `family` on `image` (C, H, W) in [-1, 1]: (defective image, mask (H, W) 0/1)."""
     c, h, w = image.shape
@@ -76,7 +65,8 @@ def probe_defect(image: torch.Tensor, family: str, g: torch.Generator) -> Tuple[
         out = image + alpha * shift
     elif family == "blur":
         alpha = _disc(g, h, w, radius=_draw(g, 0.08, 0.18) * side, edge=1.0)
-        out = image + alpha * (_blurred(image, max(1.0, 0.04 * side)) - image)
+        sigma = max(1.0, 0.04 * side)
+        out = image + alpha * (separable_blur(image[None], sigma, int(3 * sigma), mode="replicate")[0] - image)
     else:
         raise ValueError(f"probe defect family must be one of {PROBE_FAMILIES}, got {family!r}")
     mask = (alpha > 0.5).to(image.dtype)
