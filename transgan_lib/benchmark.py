@@ -37,6 +37,7 @@ from typing import Any, Callable
 
 from .config import METHODS as REGISTRY
 from .config import OBJECTIVE_ALIASES, OBJECTIVE_DEFAULTS, get_method
+from .registry import scoring_name
 from .data.demo import DEMO_CATEGORIES
 from .data.folder import FOLDER_PARAMETERS
 from .data.mvtec import MVTEC_CATEGORIES
@@ -217,14 +218,6 @@ def _format_seconds(seconds: float) -> str:
     return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}"
 
 
-def _scoring_name(method: str) -> str:
-    """A method as notebooks 03/04 name it ("restorer" is "restore"); unknown names pass through."""
-    try:
-        return get_method(method).scoring
-    except ValueError:
-        return method
-
-
 def run_benchmark(*, categories: str | None = None, data_root: str = "data/mvtec_ad",
                   output_dir: str = "runs/benchmark", overrides: dict[str, Any] | None = None,
                   methods: Sequence[str] = ("iterative",), progress: bool = True, command: str = "",
@@ -246,7 +239,7 @@ def run_benchmark(*, categories: str | None = None, data_root: str = "data/mvtec
         {"rows": table rows (with the mean rows), "errors": {category: message}, "files": {suffix: path}}.
     """
     data_root_path, output_path = Path(data_root).resolve(), Path(output_dir).resolve()
-    overrides, methods = dict(overrides or {}), list(dict.fromkeys(_scoring_name(m) for m in methods))
+    overrides, methods = dict(overrides or {}), list(dict.fromkeys(scoring_name(m) for m in methods))
     bad = [m for m in methods if m not in METHODS]
     if bad or not methods:
         raise BenchmarkError(f"--methods {','.join(methods)}: choose from {', '.join(METHODS)}")

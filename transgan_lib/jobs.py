@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from .config import get_method
+from .registry import scoring_name
 from .metrics import SEED_SUMMARY_KEYS, summarize_seeds
 from .runs import run_paths, seed_output_dir, seed_summary_path
 from .utils import PROGRESS_ENV, atomic_write_json
@@ -53,12 +54,7 @@ SEEDED = ("02_train_mvtec", "03_latent_mapping")  # the notebooks whose `seed` a
 def detector_names(detectors: Sequence[str]) -> List[str]:
     """The demo's detectors as notebooks 03/04 name them ("restorer" and "restore" are one); ValueError
     for a method the demo does not run."""
-    names = []
-    for d in detectors:
-        try:
-            names.append(get_method(d).scoring)
-        except ValueError:
-            names.append(d)
+    names = [scoring_name(d) for d in detectors]
     unknown = [d for d, n in zip(detectors, names) if n not in DETECTORS]
     if unknown:
         raise ValueError(f"unknown detector(s) {unknown}; known: {[get_method(d).name for d in DETECTORS]}")

@@ -40,4 +40,14 @@ def get_method(name: str) -> Method:
     hint = f" Did you mean {close[0]!r}?" if close else ""
     raise ValueError(f"unknown method {name!r}; choose one of {tuple(METHODS)}.{hint}")
 
-__all__ = ["Method", "METHODS", "OBJECTIVES", "OBJECTIVE_ALIASES", "MAPPING_METHODS", "RESTORE_METHOD", "get_method"]
+def scoring_name(name: str) -> str:
+    """`name` as notebooks 03/04 and the files spell it ("restorer" is "restore"); an unknown name passes
+    through unchanged, for the caller's own error."""
+    try:
+        return get_method(name).scoring
+    except ValueError:
+        return name
+
+
+__all__ = ["Method", "METHODS", "OBJECTIVES", "OBJECTIVE_ALIASES", "MAPPING_METHODS", "RESTORE_METHOD", "get_method",
+           "scoring_name"]

@@ -41,7 +41,6 @@ from ...utils import PathLike, autocast, batch_images
 
 KIND = "restorer"
 SUM_KEYS = ("d_loss", "gp", "d_real", "d_fake", "g_loss", "rest_loss", "adv_loss", "seg_loss")
-RESTORE_SUM_KEYS = SUM_KEYS  # the former name
 G_KEYS = ("g_loss", "rest_loss", "adv_loss", "seg_loss")  # averaged over restorer updates
 VAL_DEFECT_SEED = 7919  # the validation copies' defects: fixed, so epochs compare
 
@@ -160,5 +159,5 @@ def load_restorer(path: PathLike, device: Union[str, torch.device] = "cpu"
     return R.to(device).eval(), D.to(device).eval(), mc, tc
 
 
-__all__ = ["KIND", "SUM_KEYS", "RESTORE_SUM_KEYS", "G_KEYS", "OBJECTIVE", "build_training_models", "make_defects",
+__all__ = ["KIND", "SUM_KEYS", "G_KEYS", "OBJECTIVE", "build_training_models", "make_defects",
            "restorer_update", "restore_step", "fixed_inputs", "validate_restorer", "val_images", "load_restorer"]

@@ -24,8 +24,6 @@ from ...utils import PathLike, atomic_torch_save
 
 KIND = "gan"
 WEIGHTS_KIND = "gan-weights"
-CHECKPOINT_NAME = "checkpoint.pt"
-WEIGHTS_KEYS = ("format_version", "G_ema", "D", "model_config", "config", "source")
 
 
 def is_legacy(ckpt: Dict[str, Any]) -> bool:
@@ -110,6 +108,6 @@ def load_models(path: PathLike, device: Union[str, torch.device] = "cpu", *,
     return G.eval(), D.eval(), mc, TrainConfig.from_dict(ckpt["config"])
 
 
-__all__ = ["FORMAT_VERSION", "KIND", "CHECKPOINT_NAME", "CheckpointError", "load_checkpoint", "check_compatible",
+__all__ = ["FORMAT_VERSION", "KIND", "CheckpointError", "load_checkpoint", "check_compatible",
            "write_history", "load_generator", "load_models", "WEIGHTS_KIND", "export_weights", "source_fingerprint",
            "scoring_file", "load_for_scoring"]
