@@ -55,6 +55,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
+from . import independent_defects
 from .mvtec import DEMO_CATEGORY_NAME, DatasetError, MVTecAD, PathLike
 
 DEMO_CATEGORY = DEMO_CATEGORY_NAME
@@ -63,6 +64,10 @@ DEMO_VERSION = 3
 DEMO_DEFECTS: Tuple[str, ...] = ("patch", "scratch", "stain")
 HOLDOUT_DEFECTS: Tuple[str, ...] = ("blur", "fold", "hole")
 GRAVEL_CATEGORY, TISSUE_CATEGORY = "demo_gravel", "demo_tissue"  # never tuned on either
+# Never tuned on, and their test defects drawn by `independent_defects`, code that shares nothing with the
+# defects any detector trains or chooses on.
+RETINA_CATEGORY, TEXT_CATEGORY, HOPPER_CATEGORY = "demo_retina", "demo_text", "demo_hopper"
+INDEPENDENT_DEFECTS: Tuple[str, ...] = tuple(independent_defects.DEFECTS)
 
 
 @dataclass(frozen=True)
@@ -74,6 +79,7 @@ class DemoSpec:
     jitter: float
     tint: Tuple[float, float, float]
     defects: Tuple[str, ...]
+    centre: Tuple[float, float] = (0.5, 0.5)  # the window's centre (x, y) as fractions of the photo's width, height
 
 
 DEMO_SPECS: Dict[str, DemoSpec] = {
@@ -82,6 +88,11 @@ DEMO_SPECS: Dict[str, DemoSpec] = {
     GRAVEL_CATEGORY: DemoSpec("gravel", 128, 4.0, (0.98, 0.93, 0.84), ("hole", "scratch", "stain")),  # beige
     TISSUE_CATEGORY: DemoSpec("immunohistochemistry", 192, 4.0, (1.06, 0.82, 0.98),  # pink
                               ("fold", "patch", "scratch")),
+    # The retina's vessel arcade beside the optic disc (orange; too smooth at this scale for "fade" to show);
+    # Grace Hopper's face (an aligned "object", grey).
+    RETINA_CATEGORY: DemoSpec("retina", 384, 4.0, (1.15, 0.82, 0.60), ("crack", "dent", "spots"), (0.27, 0.36)),
+    TEXT_CATEGORY: DemoSpec("text", 128, 4.0, (0.94, 0.96, 1.04), INDEPENDENT_DEFECTS),  # paper white
+    HOPPER_CATEGORY: DemoSpec("grace_hopper", 256, 4.0, (1.0, 1.0, 1.0), INDEPENDENT_DEFECTS, (0.5, 0.4)),  # grey
 }
 DEMO_CATEGORIES: Tuple[str, ...] = tuple(DEMO_SPECS)
 MARKER = ".demo_complete"
@@ -97,21 +108,28 @@ _STAIN_DIR = (_STAIN_DIR / np.linalg.norm(_STAIN_DIR)).astype(np.float32)
 # ----------------------------------------------------------------------------- textures
 @functools.lru_cache(maxsize=None)
 def _texture(name: str) -> np.ndarray:
-    """A scikit-image photo (512, 512) float32 (colour photos: their channel mean), normalised to the
-    reference mean/std."""
-    from skimage import data as skdata
+    """A scikit-image photo (or matplotlib's sample `grace_hopper`) as (H, W) float32 (colour photos: their
+    channel mean), normalised to the reference mean/std."""
+    if name == "grace_hopper":
+        from matplotlib import cbook
 
-    t = getattr(skdata, name)().astype(np.float32)
+        with Image.open(cbook.get_sample_data("grace_hopper.jpg")) as img:
+            t = np.asarray(img, dtype=np.float32)
+    else:
+        from skimage import data as skdata
+
+        t = getattr(skdata, name)().astype(np.float32)
     t = t.mean(-1) if t.ndim == 3 else t
     return (t - t.mean()) / t.std() * _REF_STD + _REF_MEAN
 
 
 def _crop(texture: np.ndarray, rng: np.random.Generator, size: int, jitter: float,
-          crop: int) -> np.ndarray:
-    """A `crop` px window of `texture` near its centre (random sub-pixel offset), as (size, size)."""
+          crop: int, centre: Tuple[float, float] = (0.5, 0.5)) -> np.ndarray:
+    """A `crop` px window of `texture` near `centre` (fractions of its width, height; random sub-pixel
+    offset), as (size, size)."""
     h, w = texture.shape
-    x0 = (w - crop) / 2 + rng.uniform(-jitter, jitter)
-    y0 = (h - crop) / 2 + rng.uniform(-jitter, jitter)
+    x0 = w * centre[0] - crop / 2 + rng.uniform(-jitter, jitter)
+    y0 = h * centre[1] - crop / 2 + rng.uniform(-jitter, jitter)
     img = Image.fromarray(texture)  # mode F
     out = img.resize((size, size), Image.Resampling.BILINEAR, box=(x0, y0, x0 + crop, y0 + crop))
     return np.asarray(out, dtype=np.float32)
@@ -210,8 +228,9 @@ def _add_fold(grey: np.ndarray, rng: np.random.Generator) -> Tuple[np.ndarray, n
     return np.where(mask, shifted, grey), mask
 
 
+# Drawn on the grey texture ("stain" on the tinted colour image); the newest surfaces' from their own module.
 GREY_DEFECTS = {"scratch": _add_scratch, "patch": _add_patch, "hole": _add_hole, "blur": _add_blur,
-                "fold": _add_fold}  # drawn on the grey texture; "stain" on the tinted colour image
+                "fold": _add_fold, **independent_defects.DEFECTS}
 
 
 # ----------------------------------------------------------------------------- images
@@ -223,7 +242,7 @@ def make_demo_image(rng: np.random.Generator, size: int, defect: str = "good",
     if defect not in ("good",) + spec.defects:
         raise ValueError(f"unknown {category} defect {defect!r}; known: good, {', '.join(spec.defects)}")
     # Background and lighting are drawn first: the same rng state gives the same normal image.
-    grey = _crop(_texture(spec.texture), rng, size, jitter=spec.jitter, crop=spec.crop)
+    grey = _crop(_texture(spec.texture), rng, size, jitter=spec.jitter, crop=spec.crop, centre=spec.centre)
     contrast, brightness = rng.uniform(0.7, 1.3), rng.uniform(-40, 40)
     mask = np.zeros((size, size), dtype=bool)
     if defect in GREY_DEFECTS:
