@@ -75,6 +75,40 @@ def copy_run():
 
 
 @pytest.fixture(scope="session")
+def restored_run(demo_root, tmp_path_factory):
+    """(TrainConfig, metrics, arrays) of a tiny 32 px restorer trained one epoch on the small demo, mapped
+    (one probe copy per normal) and evaluated. Read-only for tests (`copy_run` it with its files)."""
+    from transgan_lib.config import MappingConfig, TrainConfig
+    from transgan_lib.methods.pipeline import evaluate, run_mapping
+    from transgan_lib.methods.transgan.train import train_gan
+    cfg = TrainConfig(data_root=str(demo_root), category="demo", output_dir=str(tmp_path_factory.mktemp("restore")),
+                      image_size=32, model_size="tiny", epochs=1, batch_size=8, objective="restore",
+                      restore={"head_dim": 8, "enc_depth": 1})
+    train_gan(cfg, progress=False)
+    config = MappingConfig(method="restore", synthetic_copies=1, batch_size=8)
+    run_mapping(config, data_root=cfg.data_root, category=cfg.category, output_dir=cfg.output_dir, device="cpu",
+                progress=False)
+    metrics, arrays = evaluate(data_root=cfg.data_root, category=cfg.category, output_dir=cfg.output_dir,
+                               method="restore")
+    return cfg, metrics, arrays
+
+
+@pytest.fixture(scope="session")
+def evaluate_restored_copy(restored_run, copy_run, tmp_path_factory):
+    """evaluate_restored_copy(map_kind) -> (TrainConfig, metrics) of a copy of `restored_run`'s restorer and
+    mapping file, evaluated with `map_kind` (without baselines): a run the test may change."""
+    from transgan_lib.methods.pipeline import evaluate
+
+    def make(map_kind):
+        cfg = copy_run(restored_run[0], tmp_path_factory.mktemp(f"restored_{map_kind}"),
+                       files=("restorer.pt", "mapping_restore.pt"))
+        metrics, _ = evaluate(data_root=cfg.data_root, category=cfg.category, output_dir=cfg.output_dir,
+                              method="restore", map_kind=map_kind, baselines=False)
+        return cfg, metrics
+    return make
+
+
+@pytest.fixture(scope="session")
 def evaluated_run(trained_run, copy_run, tmp_path_factory):
     """(TrainConfig, MappingConfig) of a copy of `trained_run` mapped (iterative, 5 steps from the
     best of 4 prior codes, lambda_ 0.3, one CutPaste copy per normal) and evaluated without

@@ -11,18 +11,11 @@ import torch
 ort = pytest.importorskip("onnxruntime")
 
 
-@pytest.fixture(scope="module")
-def evaluated_restorer(demo_root, tmp_path_factory):
-    from transgan_lib.config import MappingConfig, TrainConfig
-    from transgan_lib.methods.pipeline import evaluate, run_mapping
-    from transgan_lib.methods.transgan.train import train_gan
-    cfg = TrainConfig(data_root=str(demo_root), category="demo", output_dir=str(tmp_path_factory.mktemp("runs")),
-                      objective="restore", image_size=32, model_size="tiny", latent_dim=32, epochs=1, batch_size=8)
-    train_gan(cfg, progress=False)
-    run_mapping(MappingConfig(method="restore", synthetic_copies=1), data_root=cfg.data_root, category="demo",
-                output_dir=cfg.output_dir, device="cpu", progress=False)
-    evaluate(data_root=cfg.data_root, category="demo", output_dir=cfg.output_dir, method="restore", baselines=False)
-    return cfg
+@pytest.fixture(scope="module", params=["defect", "fused"])
+def evaluated_restorer(request, evaluate_restored_copy):
+    """A restorer run evaluated with its head's map, and one with the fused map (whose patch bank goes into
+    the graph)."""
+    return evaluate_restored_copy(request.param)[0]
 
 
 def test_onnx_maps_and_scores_match_pytorch(evaluated_restorer, demo_root, tmp_path):

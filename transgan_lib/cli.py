@@ -22,7 +22,7 @@ from typing import Dict, Optional, Sequence
 
 import torch
 
-from .config import METHODS, get_method
+from .config import METHODS, RESTORER_MAP_KINDS, get_method
 from .data.demo import DEMO_CATEGORIES
 from .detection.maps import MAP_KINDS
 from .jobs import DEMO_PARAMETERS, DEMO_TIMEOUT, NOTEBOOKS, run_demo, run_demo_seeds  # noqa: F401 (re-exported)
@@ -184,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="prior codes screened per image (default: the evaluated run's, else 0)")
     score.add_argument("--lambda", dest="lambda_", type=float, default=None,
                        help="weight of the feature term (default: the evaluated run's)")
-    score.add_argument("--map-kind", default=None, choices=list(MAP_KINDS) + ["defect"],
+    score.add_argument("--map-kind", default=None, choices=list(MAP_KINDS) + list(RESTORER_MAP_KINDS),
                        help="anomaly map (default: the evaluated run's, else residual)")
     score.add_argument("--sigma", type=float, default=None,
                        help="Gaussian smoothing of the map (default: the evaluated run's, else 4)")

@@ -310,6 +310,8 @@ class RestoreConfig(SavedConfig):
 FEATURE_KINDS = ("discriminator", "perceptual", "none")
 MAP_KINDS = ("residual", "shift_residual", "ssim", "msgms")
 DEFECT_MAP_KIND = "defect"  # the restorer head's map: one more map kind
+FUSED_MAP_KIND = "fused"  # the restorer head's map fused with the patch distance (`methods.restorer.fusion`)
+RESTORER_MAP_KINDS = (DEFECT_MAP_KIND, FUSED_MAP_KIND)  # kinds only a restorer has
 SELECTION_DEFECTS = ("auto", "cutpaste", "probe")
 
 
@@ -336,7 +338,7 @@ class MappingConfig(SavedConfig):
     # never a family the network trained on (`pipeline.selection_family`)
     selection_defects: str = "auto"
     # "auto" (chosen on validation normals and their copies) or one of MAP_KINDS (or "defect": the
-    # restorer head's map, method "restore" only)
+    # restorer head's map, or "fused": that map with the patch distance; method "restore" only)
     map_kind: str = "auto"
     sigma: float = 4.0  # Gaussian smoothing of the map, pixels
     threshold_q: float = 99.0  # decision threshold: this percentile of validation-normal scores
@@ -347,7 +349,7 @@ class MappingConfig(SavedConfig):
         for name, value, allowed in (("method", self.method, MAPPING_METHODS + (RESTORE_METHOD,)),
                                      ("feature", self.feature, FEATURE_KINDS),
                                      ("selection_defects", self.selection_defects, SELECTION_DEFECTS),
-                                     ("map_kind", self.map_kind, ("auto", DEFECT_MAP_KIND) + MAP_KINDS)):
+                                     ("map_kind", self.map_kind, ("auto",) + RESTORER_MAP_KINDS + MAP_KINDS)):
             if value not in allowed:
                 raise ConfigError(f"MappingConfig.{name} must be one of {allowed}, got {value!r}")
         if self.method == "encoder" and self.restarts != 1:

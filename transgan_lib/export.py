@@ -19,7 +19,7 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 from torch import nn
 
-from .config import RESTORE_METHOD
+from .config import FUSED_MAP_KIND, RESTORE_METHOD
 from .methods.restorer.detect import detection_maps
 from .methods.scoring import Scorer
 from .runs import file_fingerprint
@@ -32,14 +32,14 @@ class RestorerScoring(nn.Module):
     """A restorer's one-pass scoring as a module: images (B, 3, S, S) -> (maps (B, S, S), scores (B,),
     restorations (B, 3, S, S)), with the map kind and smoothing of the evaluated run."""
 
-    def __init__(self, restorer: nn.Module, *, map_kind: str, sigma: float):
+    def __init__(self, restorer: nn.Module, *, map_kind: str, sigma: float, fusion: Optional[nn.Module] = None):
         super().__init__()
-        self.restorer, self.map_kind, self.sigma = restorer, map_kind, float(sigma)
+        self.restorer, self.map_kind, self.sigma, self.fusion = restorer, map_kind, float(sigma), fusion
 
     def forward(self, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x_hat, logits = self.restorer(images, segment=True)
         result = SimpleNamespace(reconstructions=x_hat, defect_maps=torch.sigmoid(logits.float()))
-        maps = detection_maps(images, result, self.map_kind, self.sigma)  # (B, S, S)
+        maps = detection_maps(images, result, self.map_kind, self.sigma, self.fusion)  # (B, S, S)
         return maps, maps.flatten(1).amax(1), x_hat
 
 
@@ -51,7 +51,8 @@ def scoring_module(checkpoint_or_run_dir: PathLike, *, method: str = RESTORE_MET
                          f"method {method!r} needs the latent search")
     scorer = Scorer(checkpoint_or_run_dir, method=method, device="cpu")
     run = scorer.run
-    module = RestorerScoring(scorer.G.eval(), map_kind=run.map_kind, sigma=run.config.sigma).eval()
+    fusion = scorer.fusion if run.map_kind == FUSED_MAP_KIND else None  # its patch bank goes into the graph
+    module = RestorerScoring(scorer.G.eval(), map_kind=run.map_kind, sigma=run.config.sigma, fusion=fusion).eval()
     settings = {
         "method": method, "image_size": scorer.image_size, "map_kind": run.map_kind, "sigma": run.config.sigma,
         "threshold": run.threshold,

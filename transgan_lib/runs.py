@@ -67,6 +67,10 @@ class RunPaths:
     def mapping(self, method: str) -> Path:
         return self.root / f"mapping_{method}.pt"
 
+    def fusion(self, method: str) -> Path:
+        """fusion_<method>.pt: the fused map's weight, standardisation and patch bank (`restorer.fusion`)."""
+        return self.root / f"fusion_{method}.pt"
+
     def mapping_summary(self, method: str) -> Path:
         return self.root / f"mapping_{method}.json"
 

@@ -40,9 +40,9 @@ def mean_image_baseline(
     return maps, max_score(maps)
 
 
-def _patch_bank(train_images: torch.Tensor, patch_size: int, stride: int, max_bank: int, seed: int) -> torch.Tensor:
+def patch_bank(train_images: torch.Tensor, patch_size: int, stride: int, max_bank: int, seed: int) -> torch.Tensor:
     """(M, D) raw-pixel training patches, randomly subsampled to at most max_bank."""
-    patches = F.unfold(train_images, kernel_size=patch_size, stride=stride)  # (B, D, L)
+    patches = F.unfold(train_images.float(), kernel_size=patch_size, stride=stride)  # (B, D, L)
     bank = patches.transpose(1, 2).reshape(-1, patches.shape[1])  # (B * L, D)
     if bank.shape[0] > max_bank:
         generator = torch.Generator().manual_seed(seed)
@@ -51,14 +51,45 @@ def _patch_bank(train_images: torch.Tensor, patch_size: int, stride: int, max_ba
     return bank
 
 
-def _nearest_distances(queries: torch.Tensor, bank: torch.Tensor, chunk: int) -> torch.Tensor:
-    """(Q,) Euclidean distance of each (Q, D) query to its nearest (M, D) bank row, in chunks
-    of `chunk` queries so memory stays at about chunk * M floats."""
-    out = torch.empty(queries.shape[0], device=queries.device, dtype=queries.dtype)
-    for start in range(0, queries.shape[0], chunk):
-        d = torch.cdist(queries[start:start + chunk], bank)  # (chunk, M)
-        out[start:start + chunk] = d.amin(dim=1).clamp_min(0.0)
-    return out
+def patch_kernels(channels: int, patch_size: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The constant kernels of `patch_distance_map`: one-hot (D, C, p, p) ones whose output channel k copies
+    element k of a patch in unfold's (C, p, p) order, and a (1, 1, p, p) all-ones kernel to fold back."""
+    d = channels * patch_size * patch_size
+    return torch.eye(d).view(d, channels, patch_size, patch_size), torch.ones(1, 1, patch_size, patch_size)
+
+
+def patch_distance_map(images: torch.Tensor, bank: torch.Tensor, patch_size: int, stride: int,
+                       batch: int = 1024, kernels: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
+                       ) -> torch.Tensor:
+    """(B, H, W) unsmoothed map: each pixel the mean, over the patches covering it, of the patch's
+    Euclidean distance to its nearest `bank` row (M, D). Images are reflect-padded on the bottom/right
+    so the patch grid covers every pixel.
+
+    Written with conv2d, matmul and conv_transpose2d only (no unfold, fold or cdist) so the same code
+    exports to ONNX (`export`, a fused map's patch part). `batch`: patches per distance chunk (memory
+    ~ batch * M floats); a traced graph takes all at once. `kernels`: `patch_kernels`, made here when not
+    given (a module that is traced passes them as its buffers, so the graph holds them as constants).
+    """
+    b, c, h, w = images.shape
+    pad_h, pad_w = (-(h - patch_size)) % stride, (-(w - patch_size)) % stride
+    x = F.pad(images.float(), (0, pad_w, 0, pad_h), mode="reflect") if pad_h or pad_w else images.float()
+    eye, ones = kernels if kernels is not None else patch_kernels(c, patch_size)
+    d = eye.shape[0]
+    patches = F.conv2d(x, eye.to(x), stride=stride)  # (B, D, h', w')
+    grid = patches.shape[-2:]
+    queries = patches.flatten(2).transpose(1, 2).reshape(-1, d)  # (B * L, D)
+    bank = bank.to(queries)
+    bank_sq = (bank * bank).sum(1)  # (M,)
+    chunks = [queries] if torch.jit.is_tracing() else queries.split(batch)
+    nearest = []
+    for q in chunks:  # |q - m|^2 = |q|^2 - 2 q.m + |m|^2, its minimum over the bank
+        sq = (q * q).sum(1, keepdim=True) - 2 * q @ bank.T + bank_sq
+        nearest.append(sq.amin(1).clamp_min(0).sqrt())
+    dist = torch.cat(nearest).view(b, 1, *grid)  # (B, 1, h', w')
+    ones = ones.to(x)
+    summed = F.conv_transpose2d(dist, ones, stride=stride)  # each pixel: sum over its covering patches
+    counts = F.conv_transpose2d(torch.ones_like(dist[:1]), ones, stride=stride)
+    return (summed / counts.clamp_min(1.0))[:, 0, :h, :w]
 
 
 @torch.no_grad()
@@ -75,38 +106,19 @@ def patch_nn_baseline(
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Nearest-neighbour distance of raw-pixel test patches to a bank of training patches.
 
-    Each pixel's value is the mean distance of the test patches covering it (test images are
-    reflect-padded on the bottom/right so the patch grid covers every pixel); the map is then
-    Gaussian-smoothed and the image score is its max.
+    Each pixel's value is the mean distance of the test patches covering it (`patch_distance_map`);
+    the map is then Gaussian-smoothed and the image score is its max.
 
     Args:
         train_images: (B_train, C, H, W). test_images: (B, C, H, W), same C.
         patch_size, stride: patch grid. max_bank: bank size cap (random subsample with `seed`).
-        batch: test patches per torch.cdist chunk (memory ~ batch * max_bank * 4 bytes).
+        batch: test patches per distance chunk (memory ~ batch * max_bank * 4 bytes).
     Returns:
         maps (B, H, W) and scores (B,).
     """
     _check_images(train_images, test_images)
-    device = test_images.device
-    bank = _patch_bank(train_images.to(device, torch.float32), patch_size, stride, max_bank, seed)
-    b, _, h, w = test_images.shape
-    # 1. pad so that (size - patch_size) is a multiple of stride
-    pad_h = (-(h - patch_size)) % stride
-    pad_w = (-(w - patch_size)) % stride
-    x = F.pad(test_images.float(), (0, pad_w, 0, pad_h), mode="reflect" if max(pad_h, pad_w) else "constant")
-    size = (h + pad_h, w + pad_w)
-    # 2. nearest-bank distance per test patch
-    patches = F.unfold(x, kernel_size=patch_size, stride=stride)  # (B, D, L)
-    n_patches = patches.shape[2]
-    queries = patches.transpose(1, 2).reshape(-1, patches.shape[1])  # (B * L, D)
-    dist = _nearest_distances(queries, bank, batch).view(b, 1, n_patches)  # (B, 1, L)
-    # 3. fold back: each pixel = mean of the distances of the patches covering it
-    kernel_area = patch_size * patch_size
-    summed = F.fold(dist.expand(b, kernel_area, n_patches), size, kernel_size=patch_size, stride=stride)
-    counts = F.fold(torch.ones_like(dist[:1]).expand(1, kernel_area, n_patches), size,
-                    kernel_size=patch_size, stride=stride)  # (1, 1, H', W')
-    maps = (summed / counts.clamp_min(1.0))[:, 0, :h, :w]  # (B, H, W)
-    maps = gaussian_smooth(maps, sigma)
+    bank = patch_bank(train_images.to(test_images.device), patch_size, stride, max_bank, seed)
+    maps = gaussian_smooth(patch_distance_map(test_images, bank, patch_size, stride, batch), sigma)
     return maps, max_score(maps)
 
 

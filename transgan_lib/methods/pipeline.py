@@ -32,7 +32,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import torch
 
-from ..config import ConfigError, EncoderConfig, MappingConfig, TrainConfig
+from ..config import FUSED_MAP_KIND, ConfigError, EncoderConfig, MappingConfig, TrainConfig
 from ..data.folder import folder_spec_of
 from ..data.mvtec import stack_dataset
 from ..data.splits import open_split, train_val_split
@@ -45,7 +45,7 @@ from ..utils import PathLike, atomic_write_json, check_writable, resolve_device
 from .detectors import detect, detector_file, load_detector
 from .restorer.detect import detection_maps, map_kinds_of
 from .selection import FALLBACK_MAP_KIND, select_map_kind  # noqa: F401 (re-exported)
-from .selection import copies_name, map_synthetic, selection_family
+from .selection import copies_name, fit_run_fusion, map_synthetic, selection_family
 from .transgan.encoder import ensure_encoder
 from .transgan.mapping import MappingResult
 from .transgan.mapping_file import MappedImages, MappingRun
@@ -153,18 +153,19 @@ def load_mapping(output_dir: PathLike, category: str, method: str) -> MappingRun
 
 
 def score_maps(images: torch.Tensor, result, *, map_kind: str = "residual",
-               sigma: float = 4.0) -> Dict[str, torch.Tensor]:
+               sigma: float = 4.0, fusion=None) -> Dict[str, torch.Tensor]:
     """Anomaly maps (B, H, W) and image scores (B,) of mapped images.
 
     Args:
         images: (B, C, H, W) the mapped images.
         result: their MappingResult (or any object with its `reconstructions` (B, C, H, W),
             `total_score` and, optionally, `features_x`, `features_rec`, `feature_grid`).
+        fusion: the run's `FusedMap`, for map kind "fused".
     Returns:
         {"map": the `map_kind` map (smoothed), "score": its max, "anogan": (1-λ)R + λD,
         "feature_map": the discriminator-token residual map (smoothed) when tokens were kept}.
     """
-    maps = detection_maps(images, result, map_kind, sigma)
+    maps = detection_maps(images, result, map_kind, sigma, fusion)
     out = {"map": maps, "score": max_score(maps), "anogan": result.total_score}
     if getattr(result, "features_x", None) is not None:
         fmap = feature_residual_map(result.features_x, result.features_rec, result.feature_grid,
@@ -173,14 +174,14 @@ def score_maps(images: torch.Tensor, result, *, map_kind: str = "residual",
     return out
 
 
-def _alternatives(test, val, images, val_images, masks, labels, defects, sigma) -> Dict[str, Any]:
+def _alternatives(test, val, images, val_images, masks, labels, defects, sigma, fusion=None) -> Dict[str, Any]:
     """Every other map / score rule, each thresholded on the validation normals, none selected;
     pixel metrics at the size of `masks` (B, S, S). A restorer has no AnoGAN score (its total score
     is the max of the unsmoothed head map): no "anogan_score" row then."""
     rows, restorer = {}, getattr(test, "defect_maps", None) is not None
-    for kind in map_kinds_of(test):
-        t = score_maps(images, test, map_kind=kind, sigma=sigma)
-        v = score_maps(val_images, val, map_kind=kind, sigma=sigma)
+    for kind in map_kinds_of(test) + ((FUSED_MAP_KIND,) if fusion is not None else ()):
+        t = score_maps(images, test, map_kind=kind, sigma=sigma, fusion=fusion)
+        v = score_maps(val_images, val, map_kind=kind, sigma=sigma, fusion=fusion)
         rows[f"{kind}_map_max"] = metrics_at_size(labels, t["score"], masks, t["map"], defects,
                                                   threshold_from_normals(v["score"]))
         if kind == "residual" and not restorer:
@@ -261,11 +262,15 @@ def evaluate(*, data_root: PathLike, category: str, output_dir: PathLike, method
     if reason:
         print(f"NOTE: {reason}; they are null in metrics.json, with the reason under "
               "'unavailable'. Add test images of the missing class to measure the detector.")
+    fusion, weight_auroc = fit_run_fusion(splits["train"]["images"], val_images, val, syn, config.sigma, config.seed)
+    if fusion is None and config.map_kind == FUSED_MAP_KIND:
+        raise ConfigError(f"map_kind {FUSED_MAP_KIND!r} is the restorer's head map fused with the patch distance, "
+                          "its weight chosen on probe-defect copies: method 'restore' with synthetic_copies > 0 only")
     selection = select_map_kind(val_images, val, *((syn.images, syn.result) if syn else (None, None)),
-                                sigma=config.sigma, copies=copies_name(syn))
+                                sigma=config.sigma, copies=copies_name(syn), fusion=fusion)
     kind = selection["chosen"] if config.map_kind == "auto" else config.map_kind
-    t = score_maps(images, test, map_kind=kind, sigma=config.sigma)
-    v = score_maps(val_images, val, map_kind=kind, sigma=config.sigma)
+    t = score_maps(images, test, map_kind=kind, sigma=config.sigma, fusion=fusion)
+    v = score_maps(val_images, val, map_kind=kind, sigma=config.sigma, fusion=fusion)
     metrics = metrics_at_size(labels, t["score"], masks, t["map"], defects,
                               threshold_from_normals(v["score"], q=config.threshold_q))
     metrics.update({"n_val": len(val_images), "map_kind": kind, "map_selection": selection, "category": category,
@@ -273,9 +278,16 @@ def evaluate(*, data_root: PathLike, category: str, output_dir: PathLike, method
                     "eval_size": size, "pixel_metrics_rule": f"maps upsampled (bilinear) to the {size} px masks"
                     if masks is not None else NO_MASKS,
                     **_run_record(mapping, config, run, t["score"])})
+    if fusion is not None:  # kept whichever kind was chosen: `score --map-kind fused` and the alternatives use it
+        fusion.save(run.fusion(method))
+        metrics["fingerprints"]["fusion"] = file_fingerprint(run.fusion(method))
+        metrics["fusion"] = {**fusion.settings(), "weight_auroc": {f"{w:g}": a for w, a in weight_auroc.items()},
+                             "rule": f"head weight with the highest image AUROC of validation normals vs their "
+                                     f"{copies_name(syn)}; ties to the larger"}
     if masks is None:
         metrics.setdefault("unavailable", {}).update({"pixel_auroc": NO_MASKS, "aupro": NO_MASKS})
-    metrics["alternatives"] = _alternatives(test, val, images, val_images, masks, labels, defects, config.sigma)
+    metrics["alternatives"] = _alternatives(test, val, images, val_images, masks, labels, defects, config.sigma,
+                                            fusion)
     arrays = {"images": images, "reconstructions": test.reconstructions, "maps": t["map"], "scores": t["score"],
               "masks": splits["test"]["masks"][:, 0], "labels": labels, "defects": defects, "paths": mapping.test.paths,
               "val_scores": v["score"], "roc": {"TransGAN": (*roc_points(labels, t["score"]), metrics["image_auroc"])}}

@@ -23,11 +23,12 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 import torch
 from torch import nn
 
-from ..config import RESTORE_METHOD, ConfigError, MappingConfig
+from ..config import FUSED_MAP_KIND, RESTORE_METHOD, ConfigError, MappingConfig
 from ..runs import RunPaths, file_fingerprint, run_paths_of
 from ..utils import PathLike, resolve_device
 from .detectors import detect, detector_file, load_detector
 from .pipeline import FALLBACK_MAP_KIND, score_maps
+from .restorer.fusion import FusedMap
 from .transgan.checkpoint import scoring_file, source_fingerprint
 from .transgan.encoder import load_encoder
 from .transgan.mapping import MappingResult
@@ -180,6 +181,18 @@ def _checked_encoder(run: EvaluatedRun, device: torch.device) -> nn.Module:
     return E
 
 
+def _checked_fusion(run: EvaluatedRun) -> nn.Module:
+    """fusion_<method>.pt, refused unless it is the one metrics.json's evaluation wrote."""
+    path, fix = run.paths.fusion(run.method), f"rerun notebook 04 (pipeline.evaluate) with method={run.method!r}"
+    recorded = ((run.metrics or {}).get("fingerprints") or {}).get("fusion")
+    if recorded is None:
+        raise ConfigError(f"map kind {FUSED_MAP_KIND!r} needs the fusion an evaluation fitted, and {run.paths.metrics} "
+                          f"records none: {fix}")
+    if not path.is_file() or file_fingerprint(path) != recorded:
+        raise ConfigError(f"{path} is missing or not the fusion {run.paths.metrics} was evaluated with: {fix}")
+    return FusedMap.load(path)
+
+
 class Scorer:
     """The networks and settings of one evaluated run, loaded once to score many images."""
 
@@ -188,6 +201,14 @@ class Scorer:
         self.device = resolve_device(device)
         self.G, self.D, self.model_config, _ = load_detector(model_file(self.run.paths, method), method, self.device)
         self.encoder = _checked_encoder(self.run, self.device) if method in ("encoder", "hybrid") else None
+        self._fusion = None
+
+    @property
+    def fusion(self) -> Optional[nn.Module]:
+        """The run's fused map (`fusion_<method>.pt`, checked against metrics.json), loaded when first used."""
+        if self._fusion is None:
+            self._fusion = _checked_fusion(self.run).to(self.device)
+        return self._fusion
 
     @property
     def image_size(self) -> int:
@@ -209,7 +230,8 @@ class Scorer:
             warnings.warn(f"no threshold: pass one (--threshold) or evaluate with method={self.run.method!r} "
                           f"first (notebook 04 writes {self.run.paths.metrics}); decisions are left empty")
         result = detect(self.G, self.D, images, config, encoder=self.encoder, progress=progress)
-        scored = score_maps(images, result, map_kind=config.map_kind, sigma=config.sigma)
+        fusion = self.fusion if config.map_kind == FUSED_MAP_KIND else None
+        scored = score_maps(images, result, map_kind=config.map_kind, sigma=config.sigma, fusion=fusion)
         decisions = None if threshold is None else scored["score"] >= threshold
         return ScoreResult(scores=scored["score"], maps=scored["map"], reconstructions=result.reconstructions,
                            decisions=decisions, threshold=threshold, config=config, mapping=result)

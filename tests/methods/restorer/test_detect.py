@@ -17,21 +17,6 @@ from transgan_lib.methods.transgan.train import train_gan
 from transgan_lib.runs import run_paths
 
 
-@pytest.fixture(scope="module")
-def restored_run(demo_root, tmp_path_factory):
-    """A tiny 32 px restorer trained one epoch on the small demo, mapped and evaluated."""
-    cfg = TrainConfig(data_root=str(demo_root), category="demo", output_dir=str(tmp_path_factory.mktemp("restore")),
-                      image_size=32, model_size="tiny", epochs=1, batch_size=8, objective="restore",
-                      restore={"head_dim": 8, "enc_depth": 1})
-    train_gan(cfg, progress=False)
-    config = MappingConfig(method="restore", synthetic_copies=1, batch_size=8)
-    run_mapping(config, data_root=cfg.data_root, category=cfg.category, output_dir=cfg.output_dir, device="cpu",
-                progress=False)
-    metrics, arrays = evaluate(data_root=cfg.data_root, category=cfg.category, output_dir=cfg.output_dir,
-                               method="restore")
-    return cfg, metrics, arrays
-
-
 def test_restore_images_is_one_pass_with_the_heads_map():
     torch.manual_seed(0)
     from transgan_lib.config import ModelConfig, RestoreConfig
@@ -55,8 +40,12 @@ def test_metrics_keep_every_key_and_record_the_restore_method(restored_run, eval
     gan_metrics = json.loads(run_paths(evaluated_run[0].output_dir, "demo").metrics.read_text())
     assert set(gan_metrics) <= set(metrics)  # every key the GAN's metrics.json has
     assert metrics["method"] == "restore" and metrics["iterations"] == 0
-    assert metrics["map_kind"] in RESTORE_MAP_KINDS
-    assert list(metrics["map_selection"]["synthetic_auroc"]) == list(RESTORE_MAP_KINDS)  # the head's map first
+    assert metrics["map_kind"] in RESTORE_MAP_KINDS + ("fused",)
+    # the head's map first, the fused map last (weight chosen on the same probe copies)
+    assert list(metrics["map_selection"]["synthetic_auroc"]) == list(RESTORE_MAP_KINDS) + ["fused"]
+    assert set(metrics["fusion"]["weight_auroc"]) == {"1", "0.75", "0.5", "0.25", "0"}
+    assert metrics["fusion"]["head_weight"] in (1, 0.75, 0.5, 0.25, 0) and "fused_map_max" in metrics["alternatives"]
+    assert metrics["fingerprints"]["fusion"] is not None and run_paths(cfg.output_dir, "demo").fusion("restore").is_file()
     # chosen on probe defects, a family the restorer never trained on (CutPaste is one of its sources)
     assert "probe-defect copies" in metrics["map_selection"]["rule"]
     from transgan_lib.methods.transgan.mapping_file import MappingRun

@@ -5,21 +5,22 @@ The restorer (`models.restorer`, trained with `TrainConfig.objective="restore"`,
 gives each image its restoration x^ and its head's defect map. They are kept in a `MappingResult`
 like a latent search's (reconstructions = x^, `defect_maps` = the head's map, no codes), so the
 pipeline's mapping file, map-kind choice, metrics, figures and explorer work unchanged. The map
-kinds are the head's map ("defect", first: it wins ties, the default) and the residual kinds of
-`maps.MAP_KINDS` on x^; `map_kind="auto"` chooses among them on the validation normals and their
-CutPaste copies, as for the GAN.
+kinds are the head's map ("defect", first: it wins ties, the default), the residual kinds of
+`maps.MAP_KINDS` on x^, and "fused", the head's map with the raw-pixel patch distance (`fusion`);
+`map_kind="auto"` chooses among them on the validation normals and their copies with probe defects
+(`methods.selection`).
 
 Shape letters: B images, C channels, H/W image height/width.
 """
 from __future__ import annotations
 
 import time
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import nn
 
-from ...config import DEFECT_MAP_KIND, MAP_KINDS, RESTORE_METHOD
+from ...config import DEFECT_MAP_KIND, FUSED_MAP_KIND, MAP_KINDS, RESTORE_METHOD
 from ...detection.maps import anomaly_maps, gaussian_smooth
 from ...utils import progress_bar
 from ..transgan.mapping import MappingResult
@@ -55,14 +56,21 @@ def map_kinds_of(result: MappingResult) -> Tuple[str, ...]:
     return RESTORE_MAP_KINDS if getattr(result, "defect_maps", None) is not None else MAP_KINDS
 
 
-def detection_maps(images: torch.Tensor, result: MappingResult, kind: str, sigma: float) -> torch.Tensor:
-    """Smoothed maps (B, H, W) of `kind`: the head's defect map, or a residual kind on the
-    reconstructions (`maps.anomaly_maps`)."""
-    if kind != DEFECT_MAP_KIND:
+def detection_maps(images: torch.Tensor, result: MappingResult, kind: str, sigma: float,
+                   fusion: Optional[nn.Module] = None) -> torch.Tensor:
+    """Smoothed maps (B, H, W) of `kind`: the head's defect map, a residual kind on the
+    reconstructions (`maps.anomaly_maps`), or the head's map fused with the patch distance (`fusion`:
+    the run's `fusion.FusedMap`)."""
+    if kind not in (DEFECT_MAP_KIND, FUSED_MAP_KIND):
         return anomaly_maps(images, result.reconstructions, kind=kind, sigma=sigma)
-    if result.defect_maps is None:
+    if getattr(result, "defect_maps", None) is None:
         raise ValueError(f"map kind {DEFECT_MAP_KIND!r} is the restorer head's map: only method "
                          f"{RESTORE_METHOD!r} has it; choose one of {MAP_KINDS}")
+    if kind == FUSED_MAP_KIND:
+        if fusion is None:
+            raise ValueError(f"map kind {FUSED_MAP_KIND!r} needs the run's fusion (fusion_restore.pt, written by "
+                             "evaluate with map_kind 'auto' or 'fused'): evaluate the run first (notebook 04)")
+        return fusion(images, result.defect_maps, sigma)
     return gaussian_smooth(result.defect_maps.float(), sigma)
 
 

@@ -1,0 +1,79 @@
+"""The restorer with the fused map (issue 23) on the seven demo surfaces, 3 seeds, at the main job's settings
+(32 px, tiny, 20 epochs, batch 16, lr 5e-4), beside the patch-NN floor at 32 and 64 px.
+
+Runs already trained by `benchmarks/measure_threshold_fpr.py` (<root>/runs/s<seed>/<surface>) are mapped and
+evaluated again; the three newest surfaces (demo_retina, demo_text, demo_hopper: test defects drawn by
+`data.independent_defects`, never looked at before this script) are trained first. Everything is chosen on
+validation normals and their probe copies; the test set only reports. One JSON line per run in
+<root>/fusion.jsonl (about 2-4 min a run on 2 cores). README: "Choosing the restorer's map".
+
+    python benchmarks/measure_fusion.py --root /tmp/fpr
+"""
+import argparse
+import dataclasses
+import json
+import time
+
+import transgan_lib
+from transgan_lib.config import MappingConfig, TrainConfig
+from transgan_lib.detection.baselines import run_baselines
+from transgan_lib.detection.evaluation import load_evaluation_masks
+from transgan_lib.methods.pipeline import evaluate, load_splits, run_mapping
+from transgan_lib.methods.transgan.mapping_file import MappingRun
+from transgan_lib.runs import run_paths
+
+OLD = ("demo", "demo_holdout", "demo_gravel", "demo_tissue")
+NEW = ("demo_retina", "demo_text", "demo_hopper")
+TRAIN = dict(image_size=32, model_size="tiny", epochs=20, batch_size=16, lr=5e-4, threads=2, sample_every=20,
+             checkpoint_every=5, progress=False)
+
+
+def floor_at(size: int, where: dict, train_config: TrainConfig) -> list:
+    """The patch-NN floor's (image, pixel) AUROC with the run's split at `size` px."""
+    splits = load_splits(where["data_root"], where["category"], dataclasses.replace(train_config, image_size=size))
+    test = splits["test"]
+    masks, _ = load_evaluation_masks(where["data_root"], where["category"], size, test["paths"], None, None)
+    m = run_baselines(splits["train"]["images"], test["images"], test["labels"], masks, test["defects"],
+                      threshold_images=splits["val"]["images"])["patch_nn"]
+    return [m["image_auroc"], m["pixel_auroc"], m["at_threshold"]["fpr"], m["at_threshold"]["recall"]]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--root", default="/tmp/fpr")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--surfaces", nargs="+", default=list(NEW + OLD))
+    args = p.parse_args()
+    with open(f"{args.root}/fusion.jsonl", "a") as out:
+        for seed in range(args.seeds):
+            for surface in args.surfaces:
+                t0 = time.time()
+                where = dict(data_root=f"{args.root}/data", category=surface, output_dir=f"{args.root}/runs/s{seed}")
+                if not run_paths(where["output_dir"], surface).restorer.is_file():
+                    transgan_lib.fit("restorer", seed=seed, **where, **TRAIN)
+                run_mapping(MappingConfig(method="restore", seed=seed), progress=False, **where)
+                m, _ = evaluate(method="restore", **where)
+                train_config = TrainConfig.from_dict(MappingRun.load(
+                    run_paths(where["output_dir"], surface).mapping("restore"), "restore").train_config)
+                alt = m["alternatives"]
+                row = {"surface": surface, "seed": seed, "map_kind": m["map_kind"],
+                       "head_weight": m.get("fusion", {}).get("head_weight"),
+                       "image_auroc": m["image_auroc"], "pixel_auroc": m["pixel_auroc"],
+                       "fpr": m["at_threshold"]["fpr"], "recall": m["at_threshold"]["recall"],
+                       "head": [alt["defect_map_max"]["image_auroc"], alt["defect_map_max"]["pixel_auroc"]],
+                       "fused": [alt["fused_map_max"]["image_auroc"], alt["fused_map_max"]["pixel_auroc"]],
+                       "residual": [alt["residual_map_max"]["image_auroc"], alt["residual_map_max"]["pixel_auroc"]],
+                       "floor32": floor_at(32, where, train_config), "floor64": floor_at(64, where, train_config),
+                       "synthetic_auroc": m["map_selection"]["synthetic_auroc"],
+                       "weight_auroc": m.get("fusion", {}).get("weight_auroc"),
+                       "per_defect": {d: v.get("image_auroc") for d, v in (m.get("per_defect") or {}).items()},
+                       "seconds": time.time() - t0}
+                out.write(json.dumps(row) + "\n")
+                out.flush()
+                print(surface, seed, m["map_kind"], row["head_weight"], round(m["image_auroc"], 3),
+                      round(m["pixel_auroc"], 3), "floor64", [round(v, 3) for v in row["floor64"][:2]],
+                      round(row["seconds"]), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,102 @@
+"""The restorer's fused map: head map plus raw-pixel patch distance, its weight chosen on probe copies only,
+scored and exported exactly as evaluated."""
+import pytest
+import torch
+
+from transgan_lib.config import ConfigError, MappingConfig
+from transgan_lib.data.mvtec import load_image
+from transgan_lib.detection.baselines import patch_bank, patch_distance_map, patch_nn_baseline
+from transgan_lib.methods.pipeline import evaluate
+from transgan_lib.methods.restorer.fusion import FusedMap, fit_fusion
+from transgan_lib.methods.scoring import score_images
+from transgan_lib.methods.selection import fit_run_fusion
+from transgan_lib.methods.transgan.mapping_file import MappedImages
+from transgan_lib.runs import run_paths
+
+
+def _sets(seed=0):
+    """Training normals and validation normals: flat grey with noise; probe copies with a bright square."""
+    g = torch.Generator().manual_seed(seed)
+    normal = lambda n: (0.1 * torch.randn(n, 3, 16, 16, generator=g)).clamp(-1, 1)  # noqa: E731
+    train, val, probe = normal(12), normal(6), normal(6)
+    probe[:, :, 5:9, 5:9] = 0.9
+    return train, val, probe
+
+
+def test_the_weight_follows_whichever_part_separates_the_probe_copies():
+    train, val, probe = _sets()
+    misleading = torch.zeros(12, 16, 16)  # a head that lights up on the normals and not on the copies
+    misleading[:6, 2:5, 10:13] = 1
+    fusion, table = fit_fusion(train, val, misleading[:6], probe, misleading[6:], sigma=1.0)
+    assert table[1.0] == 0.0 and table[0.0] == 1.0  # the head alone inverts; the patch distance finds the square
+    assert fusion.head_weight < 1 and table[fusion.head_weight] == 1.0
+    assert fusion.head_weight == max(w for w, a in table.items() if a == 1.0)  # ties to the larger head weight
+    perfect = torch.zeros(12, 16, 16)
+    perfect[6:, 5:9, 5:9] = 1
+    fusion, table = fit_fusion(train, val, perfect[:6], probe, perfect[6:], sigma=1.0)
+    assert fusion.head_weight == 1.0  # every weight separates: the tie goes to the head's map alone
+
+
+def test_the_parts_are_standardised_on_validation_normals_and_the_bank_holds_training_patches_only():
+    train, val, probe = _sets()
+    heads = torch.rand(12, 16, 16, generator=torch.Generator().manual_seed(2))
+    fusion, _ = fit_fusion(train, val, heads[:6], probe, heads[6:], sigma=1.0)
+    torch.testing.assert_close(fusion.bank, patch_bank(train, 8, 4, 20000, 0))
+    head_part, patch_part = fusion.parts(val, heads[:6], 1.0)
+    for part in (head_part, patch_part):  # mean 0, std 1 over the validation normals' pixels
+        assert abs(part.mean().item()) < 1e-5 and abs(part.std().item() - 1) < 1e-4
+
+
+def test_patch_distance_map_is_the_floors_map():
+    train, val, _ = _sets()
+    bank = patch_bank(train, 8, 4, 20000, 0)
+    maps, _ = patch_nn_baseline(train, val, sigma=0.0)
+    torch.testing.assert_close(patch_distance_map(val, bank, 8, 4), maps)
+    self_distance = patch_distance_map(train[:2], patch_bank(train[:2], 8, 4, 20000, 0), 8, 4)
+    assert self_distance.abs().max() < 1e-2  # its own patches are in the bank (sqrt of float rounding: ~1e-3)
+
+
+def test_no_fusion_is_fitted_on_a_family_the_restorer_trained_on():
+    """CutPaste is one of the restorer's training sources: copies of it must not choose the weight."""
+    train, val, probe = _sets()
+
+    class Result:
+        defect_maps = torch.zeros(6, 16, 16)
+
+    copies = lambda family: MappedImages(result=Result(), labels=torch.ones(6).long(), defects=[family] * 6,  # noqa: E731
+                                         images=probe, masks=torch.zeros(6, 16, 16), paths=[str(i) for i in range(6)])
+    assert fit_run_fusion(train, val, Result(), copies("cutpaste"), 1.0) == (None, {})
+    fusion, table = fit_run_fusion(train, val, Result(), copies("line"), 1.0)
+    assert isinstance(fusion, FusedMap) and len(table) == 5
+
+
+def test_save_and_load_keep_the_map(tmp_path):
+    train, val, probe = _sets()
+    heads = torch.rand(12, 16, 16, generator=torch.Generator().manual_seed(3))
+    fusion, _ = fit_fusion(train, val, heads[:6], probe, heads[6:], sigma=1.0)
+    fusion.save(tmp_path / "f.pt")
+    again = FusedMap.load(tmp_path / "f.pt")
+    assert again.head_weight == fusion.head_weight
+    torch.testing.assert_close(again(probe, heads[6:], 1.0), fusion(probe, heads[6:], 1.0))
+
+
+def test_a_run_evaluated_with_the_fused_map_scores_and_refuses_as_evaluated(evaluate_restored_copy):
+    cfg, metrics = evaluate_restored_copy("fused")
+    assert metrics["map_kind"] == "fused" and metrics["score_rule"] == "max of Gaussian-smoothed fused map"
+    paths, expected = metrics["test_scores"]["paths"], torch.tensor(metrics["test_scores"]["scores"])
+    pick = [0, 7, 12]
+    images = torch.stack([load_image(paths[i], cfg.image_size) for i in pick])
+    run = run_paths(cfg.output_dir, cfg.category)
+    scored = score_images(run.root, images, method="restore", device="cpu", progress=False)
+    assert (scored.scores - expected[pick]).abs().max() <= 1e-5
+    torch.save({"not": "it"}, run.fusion("restore"))  # replaced since the evaluation
+    with pytest.raises(ConfigError, match="not the fusion"):
+        score_images(run.root, images, method="restore", device="cpu", progress=False)
+
+
+def test_the_fused_map_is_refused_for_the_gan(evaluated_run):
+    cfg = evaluated_run[0]
+    with pytest.raises(ConfigError, match="method 'restore'"):
+        evaluate(data_root=cfg.data_root, category="demo", output_dir=cfg.output_dir, method="iterative",
+                 map_kind="fused", baselines=False)
+    assert MappingConfig(map_kind="fused").map_kind == "fused"
