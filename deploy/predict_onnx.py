@@ -1,9 +1,9 @@
-"""Score images with an exported restorer, with numpy, Pillow and onnxruntime only (no torch, no
-transgan_lib): what a line PC runs.
+"""Score images with an exported restorer (or f-AnoGAN encoder: encoder.onnx), with numpy, Pillow and
+onnxruntime only (no torch, no transgan_lib): what a line PC runs.
 
     python deploy/predict_onnx.py runs/<category>/export/restorer.onnx images/ [--out scores.csv]
 
-Reads `restorer.json` beside the graph (image size, threshold, map settings), scores every image under
+Reads the .json beside the graph (restorer.json) (image size, threshold, map settings), scores every image under
 the folder (recursively) and prints / writes path, score and decision. Images are read as the library
 reads them: RGB (grey gives three equal channels, alpha dropped, 16-bit divided by 65535), resized to
 S x S with bilinear filtering, x / 127.5 - 1.
@@ -38,7 +38,7 @@ def load(path: Path, size: int) -> np.ndarray:
 
 
 def score(onnx_path: Path, paths, batch_size: int = 32):
-    """[(path, score, decision)] for image files `paths`, with the threshold of restorer.json."""
+    """[(path, score, decision)] for image files `paths`, with the threshold of the .json beside the graph."""
     settings = json.loads(onnx_path.with_suffix(".json").read_text())
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     size, threshold = settings["image_size"], settings["threshold"]
@@ -54,7 +54,7 @@ def score(onnx_path: Path, paths, batch_size: int = 32):
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("onnx", type=Path, help="restorer.onnx (restorer.json beside it)")
+    parser.add_argument("onnx", type=Path, help="restorer.onnx or encoder.onnx (its .json beside it)")
     parser.add_argument("images", type=Path, help="a folder of images (searched recursively) or one image")
     parser.add_argument("--out", type=Path, default=None, help="write the rows as CSV here")
     args = parser.parse_args(argv)

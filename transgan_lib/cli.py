@@ -127,14 +127,16 @@ def scoring_name(name: str) -> str:
 
 
 def _add_export_parser(sub) -> None:
-    export = sub.add_parser("export", help="export an evaluated restorer to ONNX "
+    export = sub.add_parser("export", help="export an evaluated restorer or f-AnoGAN encoder to ONNX "
                                            "(deploy/predict_onnx.py scores with it)")
-    export.add_argument("--checkpoint", required=True, help="<output_dir>/<category>/restorer.pt (or its folder)")
+    export.add_argument("--checkpoint", required=True,
+                        help="<output_dir>/<category>/restorer.pt (checkpoint.pt for --method encoder), or its folder")
     export.add_argument("--format", default="onnx", choices=["onnx"])
     export.add_argument("--out", default=None,
-                        help="folder for restorer.onnx and restorer.json (default: <run>/export)")
-    export.add_argument("--method", default="restore", type=scoring_name, choices=["restore"],
-                        help="the restorer scores in one pass; the latent search does not export")
+                        help="folder for restorer.onnx and restorer.json (encoder.*) (default: <run>/export)")
+    export.add_argument("--method", default="restore", type=scoring_name, choices=["restore", "encoder"],
+                        help="a one-pass detector: the restorer, or the f-AnoGAN encoder with the TransGAN's "
+                             "generator; the latent search does not export")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,7 +8,7 @@ import torch
 
 from transgan_lib.config import ConfigError, MappingConfig, TrainConfig
 from transgan_lib.data.mvtec import load_image
-from transgan_lib.methods.pipeline import evaluate, run_mapping, select_map_kind
+from transgan_lib.methods.pipeline import select_map_kind
 from transgan_lib.data.probe_defects import PROBE_FAMILIES
 from transgan_lib.methods.restorer.detect import RESTORE_MAP_KINDS, detection_maps, restore_images
 from transgan_lib.methods.scoring import score_images
@@ -45,7 +45,8 @@ def test_metrics_keep_every_key_and_record_the_restore_method(restored_run, eval
     assert list(metrics["map_selection"]["synthetic_auroc"]) == list(RESTORE_MAP_KINDS) + ["fused"]
     assert set(metrics["fusion"]["weight_auroc"]) == {"1", "0.75", "0.5", "0.25", "0"}
     assert metrics["fusion"]["head_weight"] in (1, 0.75, 0.5, 0.25, 0) and "fused_map_max" in metrics["alternatives"]
-    assert metrics["fingerprints"]["fusion"] is not None and run_paths(cfg.output_dir, "demo").fusion("restore").is_file()
+    assert metrics["fingerprints"]["fusion"] is not None
+    assert run_paths(cfg.output_dir, "demo").fusion("restore").is_file()
     # chosen on probe defects, a family the restorer never trained on (CutPaste is one of its sources)
     assert "probe-defect copies" in metrics["map_selection"]["rule"]
     from transgan_lib.methods.transgan.mapping_file import MappingRun
