@@ -8,6 +8,12 @@ validation normals and their probe copies; the test set only reports. One JSON l
 <root>/fusion.jsonl (about 2-4 min a run on 2 cores). README: "Choosing the restorer's map".
 
     python benchmarks/measure_fusion.py --root /tmp/fpr
+
+At the README's restorer settings (64 px, 40 epochs; runs under <root>/runs64, rows in fusion64.jsonl, about
+7 min a run):
+
+    python benchmarks/measure_fusion.py --root /tmp/fpr --image-size 64 --epochs 40 --surfaces demo_retina \
+        demo_text demo_hopper
 """
 import argparse
 import dataclasses
@@ -43,20 +49,25 @@ def main() -> None:
     p.add_argument("--root", default="/tmp/fpr")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--surfaces", nargs="+", default=list(NEW + OLD))
+    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--epochs", type=int, default=20)
     args = p.parse_args()
-    with open(f"{args.root}/fusion.jsonl", "a") as out:
+    train = {**TRAIN, "image_size": args.image_size, "epochs": args.epochs}
+    tag = "" if args.image_size == 32 else str(args.image_size)
+    with open(f"{args.root}/fusion{tag}.jsonl", "a") as out:
         for seed in range(args.seeds):
             for surface in args.surfaces:
                 t0 = time.time()
-                where = dict(data_root=f"{args.root}/data", category=surface, output_dir=f"{args.root}/runs/s{seed}")
+                where = dict(data_root=f"{args.root}/data", category=surface,
+                             output_dir=f"{args.root}/runs{tag}/s{seed}")
                 if not run_paths(where["output_dir"], surface).restorer.is_file():
-                    transgan_lib.fit("restorer", seed=seed, **where, **TRAIN)
+                    transgan_lib.fit("restorer", seed=seed, **where, **train)
                 run_mapping(MappingConfig(method="restore", seed=seed), progress=False, **where)
                 m, _ = evaluate(method="restore", **where)
                 train_config = TrainConfig.from_dict(MappingRun.load(
                     run_paths(where["output_dir"], surface).mapping("restore"), "restore").train_config)
                 alt = m["alternatives"]
-                row = {"surface": surface, "seed": seed, "map_kind": m["map_kind"],
+                row = {"surface": surface, "seed": seed, "image_size": args.image_size, "map_kind": m["map_kind"],
                        "head_weight": m.get("fusion", {}).get("head_weight"),
                        "image_auroc": m["image_auroc"], "pixel_auroc": m["pixel_auroc"],
                        "fpr": m["at_threshold"]["fpr"], "recall": m["at_threshold"]["recall"],

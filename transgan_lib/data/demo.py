@@ -32,6 +32,13 @@ patch and scratch). Their defect kinds are the ones above, each drawn on the new
 not used on tissue: the stained tissue is too smooth at this scale for it to be visible, 3-8 grey
 levels inside its mask against the > 8 every defect must show).
 
+Three more, added with the restorer's fused map (issue 23) and first evaluated after its design was
+fixed: "demo_retina" (`skimage.data.retina()`, the vessels beside the optic disc), "demo_text"
+(`skimage.data.text()`) and "demo_hopper" (matplotlib's sample photo `grace_hopper`, the face: an
+aligned object rather than a texture). Their test defects (crack, spots, dent, fade; fade not on the
+retina, too smooth to lose contrast) are drawn by `independent_defects`, code that shares nothing with
+the defects any detector trains or chooses on; cracks and spots cover under 1 % of the image.
+
 Shape letters: H, W image height and width (= `size`).
 
 Command line (from the repository root)::
