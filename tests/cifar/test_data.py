@@ -281,3 +281,33 @@ def test_digits_are_scikit_learns_real_images_with_a_fixed_stratified_split():
     s2 = load_anomaly_split(dataset="digits", anomaly_class=3, seed=2)
     assert torch.equal(s1.test_images, s2.test_images) and s1.counts()["n_test_anomalous"] == 46
     assert not torch.equal(s1.val_images, s2.val_images)
+
+
+# ----------------------------------------------------------------------------- photos
+def test_photos_are_crops_of_bundled_photos_none_of_them_reserved():
+    """`dataset="photos"`: nine classes of 32 px crops (300 train and 100 test each), from none of the
+    photos kept for an independent check."""
+    from transgan_lib.cifar.photos import PHOTOS
+    reserved = {"astronaut", "camera", "chelsea", "coffee", "coins", "rocket", "brick", "page", "moon",
+                "hubble_deep_field", "china", "flower"}
+    assert not set(PHOTOS) & reserved and len(PHOTOS) >= 8 and list(PHOTOS) == sorted(PHOTOS)
+    train, test = load_classification("photos", "unused", image_size=32)
+    assert train.images.shape == (2700, 3, 32, 32) and test.images.shape == (900, 3, 32, 32)
+    assert train.images.dtype == torch.uint8 and train.classes == list(PHOTOS) == list_classes("photos", "unused")
+    assert torch.bincount(test.targets).tolist() == [100] * 9
+    again, _ = load_classification("photos", "unused", image_size=32)
+    assert torch.equal(again.images, train.images)  # a fixed draw, whatever the run's seed
+
+
+def test_photo_crops_lie_inside_one_tile_of_their_split(monkeypatch):
+    """Every crop lies inside one tile, test crops in test tiles only: no test crop overlaps a training one."""
+    from transgan_lib.cifar import photos
+    h, w = 256, 320
+    rows, cols = np.meshgrid(np.arange(h) // photos.TILE, np.arange(w) // photos.TILE, indexing="ij")
+    coded = np.stack([rows, cols, np.zeros_like(rows)], -1).astype(np.uint8)  # each pixel names its tile
+    monkeypatch.setattr(photos, "photo", lambda name: coded)
+    for split in ("train", "test"):
+        for crop in photos.crops("text", split):
+            r, c = crop[0].unique(), crop[1].unique()
+            assert len(r) == 1 and len(c) == 1  # one tile
+            assert photos.is_test_tile(int(r), int(c)) == (split == "test")

@@ -16,6 +16,9 @@ Three sources (`dataset`):
   `DIGITS_TEST_FRACTION` share of every class is the test split: 1,347 train, 450 test images),
   whatever the run's seed; the run's seed draws the labelled anomalies and the validation split
   from the train split, as for CIFAR-10. Runs offline, in CI and on a CPU.
+* ``"photos"``: 32x32 crops of nine photos bundled with scikit-image and matplotlib, one class per photo,
+  training and test crops from disjoint tiles of each photo (`cifar.photos`: 2,700 train, 900 test
+  images): natural images, offline, where digits are too easy to show what training adds.
 
 Two protocols (`protocol`), both singling out one class (`target_class`, an index into the sorted
 class names or a class name):
@@ -44,8 +47,9 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
 
 from ..data.mvtec import DatasetError, load_image
 from ..utils import PathLike
+from .photos import PHOTOS, load_photos
 
-DATASETS: Tuple[str, ...] = ("cifar10", "folder", "digits")
+DATASETS: Tuple[str, ...] = ("cifar10", "folder", "digits", "photos")
 PROTOCOLS: Tuple[str, ...] = ("one_vs_rest_anomaly", "one_class_normal")
 CIFAR10_FOLDER = "cifar-10-batches-py"
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -227,6 +231,10 @@ def load_classification(dataset: str, data_root: PathLike, *, image_size: int = 
                                         classes=train.classes)
     if dataset == "digits":
         return load_digits(image_size=image_size)
+    if dataset == "photos":
+        splits = load_photos()
+        return tuple(LabelledImages(resize_uint8(splits[s][0], image_size), splits[s][1], list(PHOTOS))
+                     for s in ("train", "test"))
     raise DatasetError(f"dataset must be one of {DATASETS}, got {dataset!r}")
 
 
@@ -238,6 +246,8 @@ def list_classes(dataset: str, data_root: PathLike) -> List[str]:
         return _scan_folder(Path(data_root) / "train")[0]
     if dataset == "digits":
         return [str(c) for c in range(10)]
+    if dataset == "photos":
+        return list(PHOTOS)
     raise DatasetError(f"dataset must be one of {DATASETS}, got {dataset!r}")
 
 
