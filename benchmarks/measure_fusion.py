@@ -14,11 +14,16 @@ At the README's restorer settings (64 px, 40 epochs; runs under <root>/runs64, r
 
     python benchmarks/measure_fusion.py --root /tmp/fpr --image-size 64 --epochs 40 --surfaces demo_retina \
         demo_text demo_hopper
+
+`--summary` prints the README's table from the rows (mean ± sample std over seeds) instead of measuring.
 """
 import argparse
 import dataclasses
 import json
 import time
+from collections import defaultdict
+
+import numpy as np
 
 import transgan_lib
 from transgan_lib.config import MappingConfig, TrainConfig
@@ -44,6 +49,29 @@ def floor_at(size: int, where: dict, train_config: TrainConfig) -> list:
     return [m["image_auroc"], m["pixel_auroc"], m["at_threshold"]["fpr"], m["at_threshold"]["recall"]]
 
 
+def summary(path: str) -> None:
+    """One markdown row per surface: the default (chosen) map, the head's map alone, the floors, FPR / recall."""
+    runs = defaultdict(list)
+    for line in open(path):
+        row = json.loads(line)
+        runs[row["surface"]].append(row)
+
+    def cell(values) -> str:
+        a = np.asarray(values, dtype=float)  # (seeds, 2)
+        sd = a.std(0, ddof=1) if len(a) > 1 else np.zeros(a.shape[1])
+        return " / ".join(f"{m:.3f} ± {s:.3f}" for m, s in zip(a.mean(0), sd))
+
+    print("| surface | seeds | head weight chosen | default (fused) | head's map alone | floor patch NN 32 px | "
+          "floor patch NN 64 px | FPR / recall at the threshold | floor 32 px: FPR / recall |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for surface, rows in runs.items():
+        weights = ", ".join(f"{r['head_weight']:g}" for r in rows)
+        print(f"| {surface} | {len(rows)} | {weights} | "
+              f"{cell([[r['image_auroc'], r['pixel_auroc']] for r in rows])} | {cell([r['head'] for r in rows])} | "
+              f"{cell([r['floor32'][:2] for r in rows])} | {cell([r['floor64'][:2] for r in rows])} | "
+              f"{cell([[r['fpr'], r['recall']] for r in rows])} | {cell([r['floor32'][2:] for r in rows])} |")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--root", default="/tmp/fpr")
@@ -51,9 +79,12 @@ def main() -> None:
     p.add_argument("--surfaces", nargs="+", default=list(NEW + OLD))
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--summary", action="store_true")
     args = p.parse_args()
     train = {**TRAIN, "image_size": args.image_size, "epochs": args.epochs}
     tag = "" if args.image_size == 32 else str(args.image_size)
+    if args.summary:
+        return summary(f"{args.root}/fusion{tag}.jsonl")
     with open(f"{args.root}/fusion{tag}.jsonl", "a") as out:
         for seed in range(args.seeds):
             for surface in args.surfaces:
