@@ -47,13 +47,21 @@ def test_the_parts_are_standardised_on_validation_normals_and_the_bank_holds_tra
         assert abs(part.mean().item()) < 1e-5 and abs(part.std().item() - 1) < 1e-4
 
 
-def test_patch_distance_map_is_the_floors_map():
-    train, val, _ = _sets()
+def test_patch_distance_map_is_the_mean_nearest_distance_of_the_covering_patches():
+    """Checked against a direct computation (unfold, cdist, fold), at a size the patch grid does not tile."""
+    import torch.nn.functional as F
+    train, full, _ = _sets()
+    val = full[:, :, :15, :15]  # 15 px: reflect-padded to 16 for 8 px patches at stride 4
     bank = patch_bank(train, 8, 4, 20000, 0)
-    maps, _ = patch_nn_baseline(train, val, sigma=0.0)
-    torch.testing.assert_close(patch_distance_map(val, bank, 8, 4), maps)
-    self_distance = patch_distance_map(train[:2], patch_bank(train[:2], 8, 4, 20000, 0), 8, 4)
-    assert self_distance.abs().max() < 1e-2  # its own patches are in the bank (sqrt of float rounding: ~1e-3)
+    x = F.pad(val, (0, 1, 0, 1), mode="reflect")
+    patches = F.unfold(x, 8, stride=4)  # (B, D, L)
+    nearest = torch.cdist(patches.transpose(1, 2), bank[None].expand(len(x), -1, -1)).amin(2)  # (B, L)
+    summed = F.fold(nearest[:, None].expand(-1, 64, -1), (16, 16), 8, stride=4)
+    counts = F.fold(torch.ones(1, 64, nearest.shape[1]), (16, 16), 8, stride=4)
+    torch.testing.assert_close(patch_distance_map(val, bank, 8, 4), (summed / counts)[:, 0, :15, :15],
+                               atol=1e-3, rtol=1e-4)
+    maps, _ = patch_nn_baseline(train, full, sigma=0.0)  # the floor is this map
+    torch.testing.assert_close(maps, patch_distance_map(full, bank, 8, 4))
 
 
 def test_no_fusion_is_fitted_on_a_family_the_restorer_trained_on():
