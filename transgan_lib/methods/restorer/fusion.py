@@ -85,16 +85,15 @@ def fit_fusion(train_images: torch.Tensor, val_images: torch.Tensor, val_heads: 
     standardisation uses the validation normals only. Returns (the chosen FusedMap, {weight: AUROC}).
     """
     bank = patch_bank(train_images, PATCH_SIZE, STRIDE, MAX_BANK, seed)
-    probe = FusedMap(bank, torch.tensor([[0.0, 1.0], [0.0, 1.0]]), 1.0)
-    val_parts = [gaussian_smooth(m, sigma) for m in (val_heads.float(), patch_distance_map(val_images, bank,
-                                                                                          PATCH_SIZE, STRIDE))]
+    raw = FusedMap(bank, torch.tensor([[0.0, 1.0], [0.0, 1.0]]), 1.0)  # identity standardisation: smoothed parts
+    val_parts = raw.parts(val_images, val_heads, sigma)
     stats = torch.stack([torch.stack([m.mean(), m.std().clamp_min(1e-8)]) for m in val_parts])  # (2, 2)
-    probe.stats.copy_(stats)
-    parts = {"val": probe.parts(val_images, val_heads, sigma), "probe": probe.parts(probe_images, probe_heads, sigma)}
+    parts = [[(m - s[0]) / s[1] for m, s in zip(p, stats)]
+             for p in (val_parts, raw.parts(probe_images, probe_heads, sigma))]
     labels = torch.cat([torch.zeros(len(val_images)), torch.ones(len(probe_images))])
     table = {}
     for w in HEAD_WEIGHTS:
-        scores = [max_score(w * h + (1 - w) * p) for h, p in (parts["val"], parts["probe"])]
+        scores = [max_score(w * h + (1 - w) * p) for h, p in parts]
         table[w] = image_auroc(labels, torch.cat(scores))
     chosen = max(HEAD_WEIGHTS, key=lambda w: table[w])  # max keeps the first (largest head weight) of ties
     return FusedMap(bank, stats, chosen), table
