@@ -50,7 +50,8 @@ def floor_at(size: int, where: dict, train_config: TrainConfig) -> list:
 
 
 def summary(path: str) -> None:
-    """One markdown row per surface: the default (chosen) map, the head's map alone, the floors, FPR / recall."""
+    """One markdown row per surface: the default (chosen) map, the head's map alone, the floors, FPR / recall, and
+    the mean probe AUROC of the chosen weighting (what chose it)."""
     runs = defaultdict(list)
     for line in open(path):
         row = json.loads(line)
@@ -61,15 +62,18 @@ def summary(path: str) -> None:
         sd = a.std(0, ddof=1) if len(a) > 1 else np.zeros(a.shape[1])
         return " / ".join(f"{m:.3f} ± {s:.3f}" for m, s in zip(a.mean(0), sd))
 
-    print("| surface | seeds | head weight chosen | default (fused) | head's map alone | floor patch NN 32 px | "
-          "floor patch NN 64 px | FPR / recall at the threshold | floor 32 px: FPR / recall |")
+    print("| surface | seeds | weights chosen (head/patch[/coarse]) | default (fused) | head's map alone | "
+          "floor patch NN 32 px | floor patch NN 64 px | FPR / recall at the threshold | floor 32 px: FPR / recall |")
     print("|---|---|---|---|---|---|---|---|---|")
     for surface, rows in runs.items():
-        weights = ", ".join(f"{r['head_weight']:g}" for r in rows)
+        weights = ", ".join("/".join(f"{w:g}" for w in r["weights"].values()) if r.get("weights")
+                            else f"{r['head_weight']:g}" for r in rows)
         print(f"| {surface} | {len(rows)} | {weights} | "
               f"{cell([[r['image_auroc'], r['pixel_auroc']] for r in rows])} | {cell([r['head'] for r in rows])} | "
               f"{cell([r['floor32'][:2] for r in rows])} | {cell([r['floor64'][:2] for r in rows])} | "
               f"{cell([[r['fpr'], r['recall']] for r in rows])} | {cell([r['floor32'][2:] for r in rows])} |")
+    probe = [max(r["weight_auroc"].values()) for rows in runs.values() for r in rows if r.get("weight_auroc")]
+    print(f"\nmean probe AUROC of the chosen weighting over {len(probe)} runs: {np.mean(probe):.4f}")
 
 
 def main() -> None:
@@ -79,13 +83,15 @@ def main() -> None:
     p.add_argument("--surfaces", nargs="+", default=list(NEW + OLD))
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--label", default="", help="appended to the rows file's name (fusion<size><label>.jsonl): "
+                   "a second evaluation of the same runs, e.g. with another fusion, kept apart")
     p.add_argument("--summary", action="store_true")
     args = p.parse_args()
     train = {**TRAIN, "image_size": args.image_size, "epochs": args.epochs}
     tag = "" if args.image_size == 32 else str(args.image_size)
     if args.summary:
-        return summary(f"{args.root}/fusion{tag}.jsonl")
-    with open(f"{args.root}/fusion{tag}.jsonl", "a") as out:
+        return summary(f"{args.root}/fusion{tag}{args.label}.jsonl")
+    with open(f"{args.root}/fusion{tag}{args.label}.jsonl", "a") as out:
         for seed in range(args.seeds):
             for surface in args.surfaces:
                 t0 = time.time()
@@ -100,6 +106,7 @@ def main() -> None:
                 alt = m["alternatives"]
                 row = {"surface": surface, "seed": seed, "image_size": args.image_size, "map_kind": m["map_kind"],
                        "head_weight": m.get("fusion", {}).get("head_weight"),
+                       "weights": m.get("fusion", {}).get("weights"),
                        "image_auroc": m["image_auroc"], "pixel_auroc": m["pixel_auroc"],
                        "fpr": m["at_threshold"]["fpr"], "recall": m["at_threshold"]["recall"],
                        "head": [alt["defect_map_max"]["image_auroc"], alt["defect_map_max"]["pixel_auroc"]],

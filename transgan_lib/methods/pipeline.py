@@ -281,9 +281,10 @@ def evaluate(*, data_root: PathLike, category: str, output_dir: PathLike, method
     if fusion is not None:  # kept whichever kind was chosen: `score --map-kind fused` and the alternatives use it
         fusion.save(run.fusion(method))
         metrics["fingerprints"]["fusion"] = file_fingerprint(run.fusion(method))
-        metrics["fusion"] = {**fusion.settings(), "weight_auroc": {f"{w:g}": a for w, a in weight_auroc.items()},
-                             "rule": f"head weight with the highest image AUROC of validation normals vs their "
-                                     f"{copies_name(syn)}; ties to the larger"}
+        metrics["fusion"] = {**fusion.settings(), "weight_auroc": weight_auroc,
+                             "rule": f"weights with the highest image AUROC of validation normals vs their "
+                                     f"{copies_name(syn)}; ties to the larger head weight, then the finer "
+                                     f"patch part"}
     if masks is None:
         metrics.setdefault("unavailable", {}).update({"pixel_auroc": NO_MASKS, "aupro": NO_MASKS})
     metrics["alternatives"] = _alternatives(test, val, images, val_images, masks, labels, defects, config.sigma,

@@ -88,9 +88,9 @@ def select_map_kind(val_images: torch.Tensor, val, synthetic_images: Optional[to
 
 
 def fit_run_fusion(train_images: torch.Tensor, val_images: torch.Tensor, val, syn: Optional[MappedImages],
-                   sigma: float, seed: int = 0) -> Tuple[Optional[FusedMap], Dict[float, float]]:
+                   sigma: float, seed: int = 0) -> Tuple[Optional[FusedMap], Dict[str, float]]:
     """A restorer's fused map, its weight chosen on the validation normals and their probe copies, and
-    the AUROC of each weight tried (`fusion.fit_fusion`); (None, {}) for a network without a head map or
+    the AUROC of each weighting tried (`fusion.fit_fusion`); (None, {}) for a network without a head map or
     without copies, or for CutPaste copies (a family the restorer trained on)."""
     if getattr(val, "defect_maps", None) is None or syn is None or set(syn.defects) <= {"cutpaste"}:
         return None, {}
