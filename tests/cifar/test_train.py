@@ -17,7 +17,14 @@ from transgan_lib.cifar.config import CifarConfig, run_dir, run_files
 from transgan_lib.cifar.data import AnomalySplit, to_float
 from transgan_lib.cifar.evaluate import evaluate_cifar, run_all_classes, run_cifar
 from transgan_lib.cifar.model import EncoderWeightsError, load_resnet
-from transgan_lib.cifar.score import combine_scores, feature_bank, pixel_baselines, score_images, select_parts
+from transgan_lib.cifar.score import (
+    combine_scores,
+    feature_bank,
+    fit_combiner,
+    pixel_baselines,
+    score_images,
+    select_parts,
+)
 from transgan_lib.cifar.train import (
     build_cifar_models,
     build_optimizers,
@@ -324,6 +331,39 @@ def test_threshold_from_validation_normals_only(trained):
     assert metrics["threshold"] == pytest.approx(np.percentile(val["score"], cfg.threshold_percentile))
     # standardised on validation normals: they score mean 0 per part
     assert abs(val["score"].mean()) < 1e-9
+
+
+def test_fit_combiner_is_a_balanced_logistic_regression_on_parts_standardised_by_the_normals():
+    from sklearn.linear_model import LogisticRegression
+    rng = np.random.default_rng(0)
+    normals = {"l1": rng.normal(5, 2, 40), "features": rng.normal(0, 1, 40)}
+    anomalies = {"l1": rng.normal(5, 2, 6), "features": rng.normal(3, 1, 6), "d_anomalous": np.zeros(6)}
+    combiner = fit_combiner(normals, anomalies)
+    assert combiner.parts == ("l1", "features")  # only parts both sets have, in SCORE_PARTS order
+    X = np.stack([(normals[p] - normals[p].mean()) / normals[p].std() for p in combiner.parts], 1)
+    Xa = np.stack([(anomalies[p] - normals[p].mean()) / normals[p].std() for p in combiner.parts], 1)
+    clf = LogisticRegression(class_weight="balanced", C=0.1, max_iter=2000).fit(
+        np.r_[X, Xa], np.r_[np.zeros(40), np.ones(6)])
+    np.testing.assert_allclose(combiner(anomalies), clf.decision_function(Xa), rtol=1e-6)
+    assert combiner.coef[1] > abs(combiner.coef[0])  # the part that separates carries the score
+
+
+def test_the_logistic_combiner_is_fitted_without_test_labels(trained):
+    """Flipping every test label (a marker only the test set carries) must not move the fitted combiner or
+    the scores: it is fitted on validation normals and labelled anomalies only. The untrained floor is
+    the same combiner refitted on the untrained model's parts."""
+    cfg, run, _ = trained
+    run = dataclasses.replace(run, cfg=dataclasses.replace(cfg, score_combiner="logistic"))
+    metrics, scores = evaluate_cifar(run)
+    flipped = dataclasses.replace(run, split=dataclasses.replace(run.split, test_labels=1 - run.split.test_labels))
+    metrics_f, scores_f = evaluate_cifar(flipped)
+    assert metrics["score_rule"]["coef"] == metrics_f["score_rule"]["coef"] and len(metrics["score_rule"]["coef"]) == 7
+    np.testing.assert_array_equal(scores["test"]["score"], scores_f["test"]["score"])
+    assert metrics_f["auroc"] == pytest.approx(1 - metrics["auroc"])
+    assert metrics["threshold"] == metrics_f["threshold"]
+    summed, _ = evaluate_cifar(dataclasses.replace(run, cfg=cfg))
+    assert summed["score_rule"]["score_weights"] == cfg.score_weights
+    assert metrics["baselines"]["untrained"]["auroc"] != summed["baselines"]["untrained"]["auroc"]
 
 
 def test_checkpoint_reloads_the_same_model(trained):

@@ -20,6 +20,7 @@ ENCODER_PRESETS: Dict[str, Tuple[str, int]] = {
     "tiny": ("convnet", 32), "small": ("resnet50", 128), "base": ("resnet50", 224)}
 LOSS_NAMES = ("l1", "patch", "latent", "adv_normal", "adv_anomalous", "abc")
 SCORE_PARTS = ("l1", "patch", "latent", "nearest", "features", "anomalies", "d_anomalous")  # see cifar.score
+SCORE_COMBINERS = ("sum", "logistic")
 
 
 @dataclass
@@ -63,6 +64,9 @@ class CifarConfig:
     # Chosen on validation data (README): how far from the normals and how near the labelled anomalies the
     # trained encoder puts an image; the other parts are reported
     score_weights: Dict[str, float] = field(default_factory=lambda: {"features": 1.0, "anomalies": 1.0})
+    # "sum": the weighted sum above; "logistic": a logistic regression on all parts, fitted on the validation
+    # normals against the labelled anomalies (cifar.score.fit_combiner; without labelled anomalies: the sum)
+    score_combiner: str = "sum"
     threshold_percentile: float = 99.0
     output_dir: str = "runs"
     seed: int = 0
@@ -75,7 +79,8 @@ class CifarConfig:
     # Fields that may differ between a checkpoint and the config that resumes it (`training.stack.check_resume`)
     # (score_weights and threshold_percentile only score: a finished run is re-scored with new ones)
     RESUME_FREE: ClassVar[Tuple[str, ...]] = ("epochs", "resume", "device", "progress", "amp", "checkpoint_every",
-                                              "download", "output_dir", "score_weights", "threshold_percentile")
+                                              "download", "output_dir", "score_weights", "threshold_percentile",
+                                              "score_combiner")
 
     def __post_init__(self):
         if self.dataset not in DATASETS:
@@ -111,6 +116,7 @@ class CifarConfig:
             check_number(self, name, low=0)
         check_number(self, "threshold_percentile", low=0, high=100, low_open=True)
         check_choice(self, "amp", AMP_MODES)
+        check_choice(self, "score_combiner", SCORE_COMBINERS)
         if self.image_size % self.patch_size:
             raise ConfigError(f"image_size {self.image_size} must be a multiple of patch_size {self.patch_size}")
         self.model_config()  # validate early
@@ -146,4 +152,5 @@ def run_files(cfg: CifarConfig) -> RunPaths:
     return run_paths(run_root(cfg), str(cfg.anomaly_class))
 
 
-__all__ = ["CifarConfig", "ENCODER_PRESETS", "LOSS_NAMES", "SCORE_PARTS", "run_root", "run_dir", "run_files"]
+__all__ = ["CifarConfig", "ENCODER_PRESETS", "LOSS_NAMES", "SCORE_PARTS", "SCORE_COMBINERS", "run_root", "run_dir",
+           "run_files"]

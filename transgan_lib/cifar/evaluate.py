@@ -36,6 +36,8 @@ from .score import (
     BASELINES,
     banks,
     combine_scores,
+    fit_combiner,
+    labelled_anomalies,
     pixel_baselines,
     score_images,
     select_parts,
@@ -62,18 +64,27 @@ FLOORS = (*BASELINES, "untrained")  # metrics.json "baselines": the raw-pixel fl
 
 
 def score_split(model: DualReconstructionModel, d_anomalous: Optional[torch.nn.Module], split, cfg: CifarConfig,
-                device: Optional[torch.device] = None) -> Dict[str, Dict[str, np.ndarray]]:
-    """{"val", "test"} -> {"labels", every score part, "score" (`cfg.score_weights`, standardised on
-    the validation normals)} of one model on a split."""
+                device: Optional[torch.device] = None) -> Dict[str, Any]:
+    """{"val", "test"} -> {"labels", every score part, "score"} of one model on a split; "score" is the
+    parts standardised on the validation normals and summed with `cfg.score_weights`, or, with
+    `cfg.score_combiner="logistic"` and labelled anomalies, the logistic combiner fitted on the
+    validation normals and the labelled anomalies (`fit_combiner`; then "combiner" holds its record)."""
     bank, anomaly_bank = banks(model, split, cfg.seed, device)
-    scores: Dict[str, Dict[str, np.ndarray]] = {}
+    scores: Dict[str, Any] = {}
     for name, images, labels in (("val", split.val_images, split.val_labels),
                                  ("test", split.test_images, split.test_labels)):
         scores[name] = {"labels": labels.numpy(), **score_images(model, images, cfg, device, bank=bank,
                                                                  anomaly_bank=anomaly_bank, d_anomalous=d_anomalous)}
     reference = select_parts(scores["val"], scores["val"]["labels"] == 0)
-    for s in scores.values():
-        s["score"] = combine_scores(s, reference, cfg.score_weights)
+    combiner, labelled = None, labelled_anomalies(split)
+    if cfg.score_combiner == "logistic" and len(labelled):
+        combiner = fit_combiner(reference, score_images(model, labelled, cfg, device, bank=bank,
+                                                        anomaly_bank=anomaly_bank, d_anomalous=d_anomalous))
+    for name in ("val", "test"):
+        s = scores[name]
+        s["score"] = combiner(s) if combiner is not None else combine_scores(s, reference, cfg.score_weights)
+    if combiner is not None:
+        scores["combiner"] = combiner.to_dict()
     return scores
 
 
@@ -120,6 +131,8 @@ def evaluate_cifar(run: CifarRun) -> Tuple[Dict[str, Any], Dict[str, Dict[str, n
         "baselines": {k: {"auroc": image_auroc(y, test[k]),
                           "auprc": float(average_precision_score(y, test[k])) if both else math.nan}
                       for k in FLOORS if k in test},
+        "score_rule": scores.get("combiner") or {"rule": "standardised parts summed with score_weights",
+                                                 "score_weights": dict(cfg.score_weights)},
         "threshold": threshold,
         "at_threshold": classification_at_threshold(y, test["score"], threshold),
         "anomaly_class": cfg.anomaly_class,

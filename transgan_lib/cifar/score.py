@@ -21,7 +21,9 @@ Score parts per image (`score_images`), higher = more anomalous:
 `feature_bank` holds what these compare with: the codes and stage features of the training normals
 (and, for ``anomalies``, of the labelled anomalies).
 Each part is standardised with the mean/std of the *validation normals* and the parts are summed with
-`score_weights` (`combine_scores`); parts with weight 0 are still reported (`auroc_parts`).
+`score_weights` (`combine_scores`); parts with weight 0 are still reported (`auroc_parts`). Or, with
+`score_combiner="logistic"`, a logistic regression on all the standardised parts (`fit_combiner`), fitted
+on what a user has: the validation normals against the labelled anomalies. Never on a test image.
 
 Floors (`pixel_baselines`), on raw pixels of the same test images: ``knn`` (distance to the nearest
 training normal) and ``logistic`` (logistic regression on the training normals and the labelled
@@ -29,7 +31,8 @@ anomalies, balanced class weights: the semi-supervised floor).
 """
 from __future__ import annotations
 
-from typing import Dict, List, NamedTuple, Optional, Tuple
+from dataclasses import dataclass
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 import torch
@@ -44,6 +47,7 @@ from .model import DualReconstructionModel
 
 BANK_MAX = 10_000  # at most this many training normals (seeded subset) in the latent bank and the floors
 BASELINES = ("knn", "logistic")
+COMBINER_C = 0.1  # the logistic combiner's inverse L2 strength: ~15 labelled anomalies against 7 parts
 
 
 def training_normals(split: AnomalySplit, n_max: int = BANK_MAX, seed: int = 0) -> torch.Tensor:
@@ -142,6 +146,45 @@ def combine_scores(parts: Dict[str, np.ndarray], reference: Dict[str, np.ndarray
         mu, sd = float(np.mean(reference[name])), float(np.std(reference[name]))
         total = total + w * (parts[name] - mu) / max(sd, 1e-12)
     return total
+
+
+@dataclass
+class Combiner:
+    """A logistic regression on the score parts, each standardised by the validation normals' mean/std
+    (`fit_combiner`). Called on a dict of parts, it returns (N,) scores (the decision function)."""
+    parts: Tuple[str, ...]
+    mean: np.ndarray  # (P,)
+    std: np.ndarray  # (P,)
+    coef: np.ndarray  # (P,)
+    intercept: float
+
+    def __call__(self, parts: Dict[str, np.ndarray]) -> np.ndarray:
+        X = np.stack([(parts[p] - m) / s for p, m, s in zip(self.parts, self.mean, self.std)], axis=1)  # (N, P)
+        return X @ self.coef + self.intercept
+
+    def to_dict(self) -> Dict[str, Any]:
+        """What metrics.json records: each part's coefficient (on its standardised scale) and the intercept."""
+        return {"rule": "logistic regression on the standardised parts: validation normals (0) vs the labelled "
+                        f"anomalies (1), balanced class weights, C={COMBINER_C:g}",
+                "coef": dict(zip(self.parts, self.coef.tolist())), "intercept": self.intercept}
+
+
+def fit_combiner(normals: Dict[str, np.ndarray], anomalies: Dict[str, np.ndarray]) -> Combiner:
+    """The logistic combiner of the parts both dicts hold ((N,) arrays each): `normals` the validation
+    normals' parts (they also standardise), `anomalies` the labelled anomalies' (those trained with)."""
+    names = tuple(p for p in SCORE_PARTS if p in normals and p in anomalies)
+    mean = np.array([normals[p].mean() for p in names])
+    std = np.array([max(float(normals[p].std()), 1e-12) for p in names])
+    X = np.concatenate([np.stack([(d[p] - m) / s for p, m, s in zip(names, mean, std)], axis=1)
+                        for d in (normals, anomalies)])  # (N + A, P)
+    y = np.r_[np.zeros(len(normals[names[0]])), np.ones(len(anomalies[names[0]]))]
+    clf = LogisticRegression(class_weight="balanced", C=COMBINER_C, max_iter=2000).fit(X, y)
+    return Combiner(names, mean, std, clf.coef_[0].copy(), float(clf.intercept_[0]))
+
+
+def labelled_anomalies(split: AnomalySplit) -> torch.Tensor:
+    """The labelled anomalies a run has: the training ones and those held out for validation (uint8)."""
+    return torch.cat([split.train_images[split.train_labels == 1], split.val_images[split.val_labels == 1]])
 
 
 def select_parts(parts: Dict[str, np.ndarray], keep: np.ndarray) -> Dict[str, np.ndarray]:
