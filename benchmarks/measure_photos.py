@@ -10,6 +10,8 @@ training again. One JSON line per run in <root>/photos.jsonl (about 2-3 min a cl
 
     python benchmarks/measure_photos.py --root /tmp/photos
     python benchmarks/measure_photos.py --root /tmp/photos --summary
+    python benchmarks/measure_photos.py --root /tmp/photos --combiner logistic   # re-score, then:
+    python benchmarks/measure_photos.py --root /tmp/photos --summary --rows photos_logistic.jsonl
 """
 import argparse
 import dataclasses
@@ -22,13 +24,14 @@ import torch
 
 from transgan_lib.cifar.config import SCORE_PARTS, CifarConfig
 from transgan_lib.cifar.data import load_classification
-from transgan_lib.cifar.evaluate import run_cifar, score_split, untrained_scores
+from transgan_lib.cifar.evaluate import evaluate_cifar, run_cifar, score_split, untrained_scores
 from transgan_lib.cifar.photos import PHOTOS
 from transgan_lib.cifar.score import pixel_baselines
+from transgan_lib.cifar.train import train_cifar
 from transgan_lib.metrics import image_auroc
 
 SETTINGS = dict(dataset="photos", model_size="tiny", pretrained=False, latent_dim=128, epochs=3, lr=3e-4,
-                device="cpu", resume=False, progress=False)
+                device="cpu", resume=False, progress=False, score_combiner="sum")  # the sum: re-score with --combiner
 FLOORS = ("knn", "logistic", "untrained")
 
 
@@ -68,11 +71,17 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--classes", nargs="+", default=list(PHOTOS))
     p.add_argument("--epochs", type=int, default=SETTINGS["epochs"])
+    p.add_argument("--combiner", choices=["sum", "logistic"], default=None,
+                   help="re-score the finished runs with this score_combiner (rows in photos_<combiner>.jsonl) "
+                        "instead of training")
     p.add_argument("--summary", action="store_true")
+    p.add_argument("--rows", default="photos.jsonl", help="the rows --summary reads")
     args = p.parse_args()
     if args.summary:
-        return summary(f"{args.root}/photos.jsonl")
+        return summary(f"{args.root}/{args.rows}")
     train, test = load_classification("photos", "data", image_size=32)
+    if args.combiner:
+        return rescore(args, (train, test))
     with open(f"{args.root}/photos.jsonl", "a") as out:
         for seed in args.seeds:
             for name in args.classes:
@@ -96,6 +105,26 @@ def main() -> None:
                       flush=True)
 
 
+def rescore(args, data) -> None:
+    """The finished runs loaded (not trained again) and evaluated with `--combiner`: test AUROC of the score and
+    of its floors, the untrained one being the same combiner on the untrained model's parts."""
+    with open(f"{args.root}/photos_{args.combiner}.jsonl", "a") as out:
+        for seed in args.seeds:
+            for name in args.classes:
+                cfg = CifarConfig(**{**SETTINGS, "epochs": args.epochs, "resume": True}, anomaly_class=name,
+                                  seed=seed, output_dir=f"{args.root}/s{seed}", score_combiner=args.combiner)
+                run = train_cifar(cfg, data=data)
+                assert len(run.history) == cfg.epochs, "a finished run is loaded, not trained"
+                metrics, _ = evaluate_cifar(run)
+                row = {"class": name, "seed": seed, "combiner": args.combiner,
+                       "test": {"score": metrics["auroc"], **metrics["auroc_parts"],
+                                **{k: v["auroc"] for k, v in metrics["baselines"].items()}},
+                       "score_rule": metrics["score_rule"]}
+                out.write(json.dumps(row) + "\n")
+                out.flush()
+                print(name, seed, {k: round(v, 3) for k, v in row["test"].items()}, flush=True)
+
+
 def summary(path: str) -> None:
     """Markdown rows per class: test AUROC of the score and each floor (mean ± sample std over seeds), then the
     same on validation."""
@@ -104,7 +133,7 @@ def summary(path: str) -> None:
         r = json.loads(line)
         rows[r["class"]].append(r)
     cols = ("score", *FLOORS, "features", "anomalies", "latent", "nearest")
-    for where in ("test", "val"):
+    for where in [w for w in ("test", "val") if all(w in r for rs in rows.values() for r in rs)]:
         print(f"\n{where}: | class | seeds | " + " | ".join(cols) + " |")
         means = defaultdict(list)
         for name, rs in rows.items():
