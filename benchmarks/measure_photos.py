@@ -111,8 +111,8 @@ def rescore(args, data) -> None:
     with open(f"{args.root}/photos_{args.combiner}.jsonl", "a") as out:
         for seed in args.seeds:
             for name in args.classes:
-                cfg = CifarConfig(**{**SETTINGS, "epochs": args.epochs, "resume": True}, anomaly_class=name,
-                                  seed=seed, output_dir=f"{args.root}/s{seed}", score_combiner=args.combiner)
+                settings = {**SETTINGS, "epochs": args.epochs, "resume": True, "score_combiner": args.combiner}
+                cfg = CifarConfig(**settings, anomaly_class=name, seed=seed, output_dir=f"{args.root}/s{seed}")
                 run = train_cifar(cfg, data=data)
                 assert len(run.history) == cfg.epochs, "a finished run is loaded, not trained"
                 metrics, _ = evaluate_cifar(run)
