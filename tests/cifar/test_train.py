@@ -111,7 +111,7 @@ def write_bars(root: Path, seed: int = 0) -> Path:
 # where the bar is (untrained latent-part AUROC 0.13-0.86 over those seeds), a coin the test must not
 # depend on. lr 1e-3: the default 1e-4 needs several times the steps.
 BARS = dict(dataset="folder", anomaly_class="bar_right", labelled_anomaly_ratio=0.1, epochs=5, lr=1e-3,
-            score_weights={"l1": 1.0, "patch": 1.0}, **TINY)
+            score_weights={"l1": 1.0, "patch": 1.0}, score_combiner="sum", **TINY)
 
 
 @pytest.fixture(scope="module")
@@ -310,12 +310,14 @@ def test_run_cifar_counts_the_split_and_writes_metrics(trained):
 
 
 def test_default_score_without_labelled_anomalies_leaves_out_the_anomalies_part(learnable_root, tmp_path):
-    """The default score is features + anomalies; a split without labelled anomalies has no
-    "anomalies" part (NaN in the metrics) and is scored by the features part alone."""
+    """Without labelled anomalies the default (logistic) combiner has nothing to fit and the score falls back
+    to the sum of features + anomalies; with no "anomalies" part (NaN in the metrics) that is the features
+    part alone."""
     cfg = CifarConfig(dataset="folder", data_root=str(learnable_root), anomaly_class="blob", labelled_anomaly_ratio=0.0,
                       epochs=0, output_dir=str(tmp_path), **TINY)
-    assert cfg.score_weights == {"features": 1.0, "anomalies": 1.0}
+    assert cfg.score_weights == {"features": 1.0, "anomalies": 1.0} and cfg.score_combiner == "logistic"
     metrics, scores = evaluate_cifar(train_cifar(cfg))
+    assert metrics["score_rule"]["score_weights"] == cfg.score_weights
     assert "anomalies" not in scores["test"] and np.isnan(metrics["auroc_parts"]["anomalies"])
     assert metrics["auroc"] == pytest.approx(metrics["auroc_parts"]["features"])
     labelled, _ = evaluate_cifar(train_cifar(dataclasses.replace(cfg, labelled_anomaly_ratio=0.2,

@@ -64,9 +64,10 @@ class CifarConfig:
     # Chosen on validation data (README): how far from the normals and how near the labelled anomalies the
     # trained encoder puts an image; the other parts are reported
     score_weights: Dict[str, float] = field(default_factory=lambda: {"features": 1.0, "anomalies": 1.0})
-    # "sum": the weighted sum above; "logistic": a logistic regression on all parts, fitted on the validation
-    # normals against the labelled anomalies (cifar.score.fit_combiner; without labelled anomalies: the sum)
-    score_combiner: str = "sum"
+    # "logistic": a logistic regression on all parts, fitted on the validation normals against the labelled
+    # anomalies (cifar.score.fit_combiner; chosen on validation data, README; without labelled anomalies: the
+    # sum); "sum": the weighted sum above
+    score_combiner: str = "logistic"
     threshold_percentile: float = 99.0
     output_dir: str = "runs"
     seed: int = 0
