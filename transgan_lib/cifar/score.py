@@ -194,7 +194,8 @@ def select_parts(parts: Dict[str, np.ndarray], keep: np.ndarray) -> Dict[str, np
 
 def validation_auroc(model: DualReconstructionModel, split: AnomalySplit, cfg: CifarConfig,
                      d_anomalous: Optional[torch.nn.Module] = None) -> Tuple[float, Optional[float]]:
-    """(mean L1 of validation normals, validation AUROC or None without validation anomalies)."""
+    """(mean L1 of validation normals, validation AUROC or None without validation anomalies). The AUROC is the
+    `score_weights` sum's whatever `score_combiner`: the per-epoch curve fits no combiner."""
     labels = split.val_labels.numpy()
     bank, anomaly_bank = banks(model, split, cfg.seed)
     parts = score_images(model, split.val_images, cfg, bank=bank, anomaly_bank=anomaly_bank, d_anomalous=d_anomalous)
