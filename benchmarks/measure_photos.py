@@ -26,7 +26,7 @@ from transgan_lib.cifar.config import SCORE_PARTS, CifarConfig
 from transgan_lib.cifar.data import load_classification
 from transgan_lib.cifar.evaluate import evaluate_cifar, run_cifar, score_split, untrained_scores
 from transgan_lib.cifar.photos import PHOTOS
-from transgan_lib.cifar.score import pixel_baselines
+from transgan_lib.cifar.score import labelled_anomalies, pixel_baselines
 from transgan_lib.cifar.train import train_cifar
 from transgan_lib.metrics import image_auroc
 
@@ -51,7 +51,7 @@ def validation_split(split, train):
 def labelled_split(split):
     """`split` with its test set replaced by the labelled anomalies (training and validation ones): their parts,
     for a combiner fitted on what a user has (seen in training, so some parts are biased on them)."""
-    images = torch.cat([split.train_images[split.train_labels == 1], split.val_images[split.val_labels == 1]])
+    images = labelled_anomalies(split)
     labels = torch.ones(len(images)).long()
     return dataclasses.replace(split, test_images=images, test_labels=labels, test_targets=labels)
 
