@@ -13,8 +13,10 @@ from transgan_lib.metrics import (
     aupro,
     classification_at_threshold,
     compute_metrics,
+    conformal_threshold,
     f1_max,
     image_auroc,
+    normals_needed,
     pixel_auroc,
     pro_curve,
     roc_points,
@@ -179,9 +181,34 @@ def test_threshold_from_normals_percentile_and_mean_std():
 
 def test_threshold_from_normals_sees_only_the_normals():
     params = list(inspect.signature(threshold_from_normals).parameters)
-    assert params == ["normal_scores", "rule", "q", "k"]  # no labels / test scores can be passed
+    assert params == ["normal_scores", "rule", "q", "k", "fpr_target"]  # no labels / test scores can be passed
     normals = np.random.default_rng(0).normal(size=50)
     assert threshold_from_normals(normals) == threshold_from_normals(normals[::-1])
+
+
+def test_conformal_threshold_is_the_order_statistic_its_bound_names():
+    normals = np.arange(1, 200, dtype=float)[::-1]  # n = 199, unsorted
+    # k = ceil(200 * 0.95) = 190: the 190th smallest; a new normal ranks above it with probability 10 / 200.
+    assert conformal_threshold(normals, 0.05) == (190.0, pytest.approx(0.05))
+    assert conformal_threshold(np.arange(1, 100), 0.01) == (99.0, pytest.approx(0.01))  # (n+1)(1-t) exact: k = n
+    # too few normals for the target: their largest, and the bound the count supports (1/21 > 1 %)
+    assert conformal_threshold(np.arange(1, 21), 0.01) == (20.0, pytest.approx(1 / 21))
+    assert threshold_from_normals(normals, rule="conformal", fpr_target=0.05) == 190.0
+    assert normals_needed(0.05) == 19 and normals_needed(0.01) == 99
+    with pytest.raises(ValueError, match="fpr_target"):
+        conformal_threshold(normals, 0.0)
+
+
+def test_conformal_threshold_holds_its_bound_on_exchangeable_normals():
+    # The guarantee itself: over many draws, new normals from the same distribution are flagged at the bound.
+    rng = np.random.default_rng(0)
+    flagged = []
+    for _ in range(2000):
+        cal, new = rng.lognormal(size=20), rng.lognormal(size=50)
+        threshold, bound = conformal_threshold(cal, 0.1)
+        flagged.append((new >= threshold).mean())
+    assert bound == pytest.approx(2 / 21)  # k = ceil(21 * 0.9) = 19
+    assert np.mean(flagged) == pytest.approx(bound, abs=0.01)
 
 
 def test_classification_at_threshold_hand_example():

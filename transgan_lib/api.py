@@ -65,7 +65,8 @@ def evaluate(run: PathLike, *, method: Optional[str] = None, mapping: Optional[D
              ) -> Dict[str, Any]:
     """Score the run's validation and test images and write metrics.json (notebooks 03 + 04); returns the
     metrics. `method`: None for the one `fit` trained last; `mapping`: MappingConfig fields (search
-    settings); `evaluate_settings`: `pipeline.evaluate`'s (map_kind, sigma, threshold_q, eval_size)."""
+    settings); `evaluate_settings`: `pipeline.evaluate`'s (map_kind, sigma, threshold_rule, fpr_target,
+    threshold_q, calibration_dir, eval_size)."""
     from .methods.pipeline import evaluate as evaluate_mapping
     from .methods.pipeline import run_mapping
     name, cfg = _fitted(run, method)

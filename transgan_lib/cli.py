@@ -73,7 +73,7 @@ def _overrides(args) -> dict:
 
 
 def _write_scores(out: Path, paths, images: torch.Tensor, scored, names: Dict[Path, Path]) -> Path:
-    """scores.csv (path, score, AnoGAN parts, threshold, decision, heatmap) and a heatmap PNG per image,
+    """scores.csv (path, score, AnoGAN parts, threshold, decision, threshold_rule, heatmap) and a heatmap PNG per image,
     at `out / names[path]`."""
     from .viz.explorer import explorer_figure
     from .viz.figures import save_figure
@@ -94,6 +94,7 @@ def _write_scores(out: Path, paths, images: torch.Tensor, scored, names: Dict[Pa
                      "residual_score": float(mapping.residual_score[i]),
                      "feature_score": float(mapping.feature_score[i]),
                      "threshold": "" if threshold is None else threshold, "decision": decision,
+                     "threshold_rule": scored.threshold_rule or "",
                      "heatmap": str(heatmap)})
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
@@ -115,6 +116,9 @@ def score_folder(args) -> Path:
     scored = scorer.score(images, overrides=_overrides(args), threshold=args.threshold)
     csv_path = _write_scores(Path(args.out), paths, images, scored, names)
     print(f"scored {len(paths)} images with method={args.method}: {csv_path}")
+    if scored.threshold is not None:
+        rule = scored.threshold_rule or "rule not recorded"
+        print(f"decision: anomalous iff score >= {scored.threshold:.4g} ({rule})")
     return csv_path
 
 

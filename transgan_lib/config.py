@@ -313,6 +313,7 @@ DEFECT_MAP_KIND = "defect"  # the restorer head's map: one more map kind
 FUSED_MAP_KIND = "fused"  # the restorer head's map fused with the patch distance (`methods.restorer.fusion`)
 RESTORER_MAP_KINDS = (DEFECT_MAP_KIND, FUSED_MAP_KIND)  # kinds only a restorer has
 SELECTION_DEFECTS = ("auto", "cutpaste", "probe")
+THRESHOLD_RULES = ("conformal", "percentile")
 
 
 @dataclass
@@ -341,7 +342,14 @@ class MappingConfig(SavedConfig):
     # restorer head's map, or "fused": that map with the patch distance; method "restore" only)
     map_kind: str = "auto"
     sigma: float = 4.0  # Gaussian smoothing of the map, pixels
-    threshold_q: float = 99.0  # decision threshold: this percentile of validation-normal scores
+    # decision threshold (`metrics.conformal_threshold`): "conformal", the calibration normals' order statistic
+    # that flags at most fpr_target of new normals in expectation; or "percentile", their threshold_q-th percentile
+    threshold_rule: str = "conformal"
+    fpr_target: float = 0.05
+    threshold_q: float = 99.0
+    # a folder of good images apart from every split, for the threshold only (none: the validation normals,
+    # on which the map is also chosen); the test normals' FPR holds only if nothing was chosen on them
+    calibration_dir: Optional[str] = None
 
     def __post_init__(self):
         if self.method in METHODS:  # the registry's name: "restorer" is scored as "restore"
@@ -349,7 +357,8 @@ class MappingConfig(SavedConfig):
         for name, value, allowed in (("method", self.method, MAPPING_METHODS + (RESTORE_METHOD,)),
                                      ("feature", self.feature, FEATURE_KINDS),
                                      ("selection_defects", self.selection_defects, SELECTION_DEFECTS),
-                                     ("map_kind", self.map_kind, ("auto",) + RESTORER_MAP_KINDS + MAP_KINDS)):
+                                     ("map_kind", self.map_kind, ("auto",) + RESTORER_MAP_KINDS + MAP_KINDS),
+                                     ("threshold_rule", self.threshold_rule, THRESHOLD_RULES)):
             if value not in allowed:
                 raise ConfigError(f"MappingConfig.{name} must be one of {allowed}, got {value!r}")
         if self.method == "encoder" and self.restarts != 1:
@@ -365,6 +374,9 @@ class MappingConfig(SavedConfig):
         check_number(self, "lr", low=0, low_open=True)
         check_number(self, "sigma", low=0)
         check_number(self, "threshold_q", low=0, high=100, low_open=True)
+        check_number(self, "fpr_target", low=0, high=1, low_open=True, high_open=True)
+        if self.calibration_dir is not None:
+            self.calibration_dir = str(self.calibration_dir)
 
 
 @dataclass

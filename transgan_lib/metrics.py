@@ -5,7 +5,7 @@ Shape letters: B images, H, W pixels. Labels are (B,) in {0, 1} (1 = defective),
 
 Decision rule everywhere: an image/pixel is predicted anomalous iff score >= threshold (the
 convention of sklearn's curves). Decision thresholds come from validation *normal* images only
-(`threshold_from_normals`), never from the test set.
+(`threshold_from_normals`, `conformal_threshold`), never from the test set.
 
 Metrics that need both classes (AUROC, F1) return nan with a warning when only one is present.
 """
@@ -195,7 +195,35 @@ def f1_max(labels: Any, scores: Any) -> Tuple[float, float]:
     return float(f1[best]), float(thresholds[best])
 
 
-def threshold_from_normals(normal_scores: Any, rule: str = "percentile", q: float = 99.0, k: float = 3.0) -> float:
+def conformal_threshold(normal_scores: Any, fpr_target: float) -> Tuple[float, float]:
+    """Split-conformal decision threshold from n calibration-normal scores that no choice was made on.
+
+    The k-th smallest score, k = ceil((n + 1)(1 - fpr_target)): a new normal exchangeable with the
+    calibration normals scores at or above it with probability (n + 1 - k) / (n + 1) <= fpr_target.
+    When n is too small for the target (k > n), the largest score, whose bound 1 / (n + 1) is then
+    above the target: hold apart at least 1 / fpr_target - 1 normals to reach it.
+
+    Returns:
+        (threshold, bound): predict anomalous iff score >= threshold; bound, the false-positive rate
+        on exchangeable new normals it holds in expectation.
+    """
+    s = np.sort(to_numpy(normal_scores).astype(np.float64).ravel())
+    if s.size == 0:
+        raise ValueError("conformal_threshold needs at least one calibration normal score, got none")
+    if not 0.0 < fpr_target < 1.0:
+        raise ValueError(f"fpr_target must be in (0, 1), got {fpr_target}")
+    n = s.size
+    k = min(int(np.ceil((n + 1) * (1.0 - fpr_target) - 1e-9)), n)  # 1e-9: (n+1)(1-t) exact in reals
+    return float(s[k - 1]), (n + 1 - k) / (n + 1)
+
+
+def normals_needed(fpr_target: float) -> int:
+    """The fewest calibration normals whose conformal bound reaches `fpr_target`."""
+    return int(np.ceil(1.0 / fpr_target - 1.0 - 1e-9))
+
+
+def threshold_from_normals(normal_scores: Any, rule: str = "percentile", q: float = 99.0, k: float = 3.0,
+                           fpr_target: float = 0.05) -> float:
     """Decision threshold from the scores of *validation normal images only*.
 
     Never pass test-set scores here: a threshold tuned on the test set makes the reported
@@ -203,7 +231,8 @@ def threshold_from_normals(normal_scores: Any, rule: str = "percentile", q: floa
 
     Args:
         normal_scores: (M,) scores of held-out normal images.
-        rule: "percentile" -> the q-th percentile; "mean_std" -> mean + k * std (population std).
+        rule: "percentile" -> the q-th percentile; "mean_std" -> mean + k * std (population std);
+            "conformal" -> `conformal_threshold` at `fpr_target`.
     Returns:
         float threshold; predict anomalous iff score >= threshold.
     """
@@ -216,7 +245,9 @@ def threshold_from_normals(normal_scores: Any, rule: str = "percentile", q: floa
         return float(np.percentile(s, q))
     if rule == "mean_std":
         return float(s.mean() + k * s.std())
-    raise ValueError(f"unknown threshold rule {rule!r}; choose 'percentile' or 'mean_std'")
+    if rule == "conformal":
+        return conformal_threshold(s, fpr_target)[0]
+    raise ValueError(f"unknown threshold rule {rule!r}; choose 'percentile', 'mean_std' or 'conformal'")
 
 
 def classification_at_threshold(labels: Any, scores: Any, threshold: float) -> Dict[str, float]:

@@ -45,6 +45,24 @@ def _evaluate(cfg, **kw):
     return evaluate(data_root=cfg.data_root, category=cfg.category, output_dir=cfg.output_dir, **kw)
 
 
+def _splits_and_val(cfg, method="iterative"):
+    """(validation images, their MappingResult) of cfg's mapping file."""
+    saved = load_mapping(cfg.output_dir, cfg.category, method)
+    return load_splits(cfg.data_root, cfg.category, TrainConfig.from_dict(saved.train_config))["val"]["images"], \
+        saved.val.result
+
+
+def _good_folder(folder, n, size=DEMO_MASK_SIZE, seed=900):
+    """`folder` holding n good demo images that no split of the small demo holds (rng streams it never uses)."""
+    import numpy as np
+    from PIL import Image
+    from transgan_lib.data.demo import make_demo_image
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        Image.fromarray(make_demo_image(np.random.default_rng([0, seed, i]), size)[0]).save(folder / f"{i:03d}.png")
+    return folder
+
+
 def test_mapping_then_metrics_follow_the_protocol(trained_run):
     cfg = trained_run
     mapping, splits = _map(cfg)
@@ -61,9 +79,13 @@ def test_mapping_then_metrics_follow_the_protocol(trained_run):
     assert set(on_disk["baselines"]) == {"mean_image", "patch_nn"}
     assert set(on_disk["per_defect"]) == {"patch", "scratch", "stain"}
     assert 0.0 <= on_disk["image_auroc"] <= 1.0 and 0.0 <= on_disk["pixel_auroc"] <= 1.0
-    # The threshold comes from the validation normals' scores, never from the test set.
+    # The threshold comes from the validation normals' scores, never from the test set: by default the
+    # conformal rule, whose 4 normals support a false-positive bound of 1/5 at best (their largest score).
     val_scores = score_maps(splits["val"]["images"], mapping.val.result, map_kind=on_disk["map_kind"])["score"]
-    assert on_disk["threshold"] == pytest.approx(threshold_from_normals(val_scores))
+    assert on_disk["threshold"] == pytest.approx(float(val_scores.max()))
+    assert on_disk["threshold_calibration"] == {
+        "rule": "conformal", "n": 4, "held_apart": False, "normals": "the 4 validation normals (the map was also "
+        "chosen on them)", "fpr_target": 0.05, "fpr_bound": 0.2, "supported": False, "normals_needed": 19}
     # Heatmaps are computed against the reconstructions G(z*) of the optimized codes.
     assert torch.allclose(arrays["reconstructions"], mapping.test.result.reconstructions)
     assert arrays["maps"].shape == (15, 32, 32)
@@ -94,8 +116,10 @@ def test_evaluate_settings_come_from_the_mapping_file_unless_given(evaluated_run
     metrics, _ = _evaluate(cfg, baselines=False, map_kind="ssim", sigma=2.0, threshold_q=90.0)
     assert metrics["map_kind"] == "ssim" and metrics["sigma"] == 2.0
     assert metrics["mapping_config"] == {**evaluated_run[1].to_dict(), "map_kind": "ssim", "sigma": 2.0,
-                                         "threshold_q": 90.0}
+                                         "threshold_q": 90.0, "threshold_rule": "percentile"}  # its old meaning
     assert "90th percentile" in metrics["threshold_rule"]
+    v = score_maps(*_splits_and_val(cfg), map_kind="ssim", sigma=2.0)["score"]
+    assert metrics["threshold"] == pytest.approx(threshold_from_normals(v, q=90.0))
 
 
 def test_a_mapping_made_with_another_checkpoint_is_refused(trained_run, copy_run, tmp_path, demo_root):
@@ -253,3 +277,48 @@ def test_format_metrics_labels_f1_max_as_an_oracle_beside_the_f1_at_the_threshol
     assert header.index("F1-max (oracle)") < header.index("F1 @ val thr")
     assert main.split()[-2:] == ["0.850", "0.610"]
     assert "pixel metrics at 128 px" in text and "best threshold on the test set" in text
+
+
+def test_the_threshold_is_set_on_held_apart_calibration_normals(restored_run, copy_run, tmp_path):
+    from transgan_lib.methods.scoring import Scorer
+    from transgan_lib.metrics import conformal_threshold
+    cfg = copy_run(restored_run[0], tmp_path / "run", files=("restorer.pt", "mapping_restore.pt"))
+    folder = _good_folder(tmp_path / "calibration" / "good", 19)
+    metrics, _ = _evaluate(cfg, method="restore", calibration_dir=tmp_path / "calibration", fpr_target=0.1)
+    # Scored as the run scores new images, the 19 held-apart normals give the threshold: k = ceil(20 * 0.9) = 18.
+    from transgan_lib.data.images import load_image
+    images = torch.stack([load_image(p, 32) for p in sorted(folder.iterdir())])
+    scores = Scorer(run_paths(cfg.output_dir, cfg.category).root, method="restore", device="cpu").score(
+        images, progress=False).scores
+    assert metrics["threshold"] == pytest.approx(conformal_threshold(scores, 0.1)[0], rel=1e-5)
+    assert metrics["threshold"] != pytest.approx(float(scores.max()))  # the 18th of 19, not their largest
+    cal = metrics["threshold_calibration"]
+    assert cal["held_apart"] and cal["n"] == 19 and cal["fpr_bound"] == pytest.approx(0.1) and cal["supported"]
+    assert "calibration" in cal["normals"] and "apart from every split" in metrics["threshold_rule"]
+    # the floors' thresholds are set on the same normals by the same rule
+    from transgan_lib.detection.baselines import patch_nn_baseline
+    train = load_splits(cfg.data_root, cfg.category, TrainConfig.from_dict(
+        load_mapping(cfg.output_dir, cfg.category, "restore").train_config))["train"]["images"]
+    floor = patch_nn_baseline(train, images, sigma=metrics["sigma"])[1]
+    assert metrics["baselines"]["patch_nn"]["threshold"] == pytest.approx(conformal_threshold(floor, 0.1)[0], rel=1e-5)
+    # scoring new images says which rule decided
+    scored = Scorer(run_paths(cfg.output_dir, cfg.category).root, method="restore", device="cpu").score(
+        images[:2], progress=False)
+    assert scored.threshold_rule == metrics["threshold_rule"]
+
+
+def test_calibration_normals_that_a_split_holds_or_none_are_refused(restored_run, copy_run, tmp_path):
+    import shutil
+    cfg = copy_run(restored_run[0], tmp_path / "run", files=("restorer.pt", "mapping_restore.pt"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="no images"):
+        _evaluate(cfg, method="restore", baselines=False, calibration_dir=tmp_path / "empty")
+    with pytest.raises(ConfigError, match="apart from training, validation and test"):
+        _evaluate(cfg, method="restore", baselines=False,
+                  calibration_dir=Path(cfg.data_root) / cfg.category / "train")
+    bad = _good_folder(tmp_path / "bad", 2)
+    (bad / "002.png").write_bytes(b"not a png")
+    with pytest.raises(ConfigError, match="calibration_dir"):
+        _evaluate(cfg, method="restore", baselines=False, calibration_dir=bad)
+    assert not (run_paths(cfg.output_dir, cfg.category).root / "metrics.json").exists()  # nothing written
+    shutil.rmtree(bad)

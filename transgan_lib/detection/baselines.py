@@ -137,6 +137,8 @@ def run_baselines(
     max_bank: int = 20000,
     seed: int = 0,
     q: float = 99.0,
+    threshold_rule: str = "percentile",
+    fpr_target: float = 0.05,
     return_scores: bool = False,
 ) -> Dict[str, Dict[str, Any]]:
     """Both baselines, scored with `evaluation.metrics_at_size` (`metrics.compute_metrics`).
@@ -145,8 +147,9 @@ def run_baselines(
         train_images: (B_train, C, H, W) normal training images.
         test_images: (B, C, H, W); test_labels: (B,) 1 = defective; test_masks: (B, 1, h, w)
             or (B, h, w) or None (maps are upsampled to the mask size, bilinear); defects: (B,) names or None.
-        threshold_images: validation normal images; when given, each baseline's decision
-            threshold is the q-th percentile of its scores on them (never the test set).
+        threshold_images: calibration normal images; when given, each baseline's decision threshold is
+            set on its scores on them by `threshold_rule` ("percentile": their q-th percentile; "conformal":
+            `metrics.conformal_threshold` at `fpr_target`), never on the test set.
     Returns:
         {"mean_image": metrics dict, "patch_nn": metrics dict}; with return_scores also
         {name: test image scores (B,)} as a second value (for ROC curves).
@@ -163,7 +166,8 @@ def run_baselines(
         all_scores[name] = scores
         threshold = None
         if threshold_images is not None:
-            threshold = threshold_from_normals(method(threshold_images)[1], rule="percentile", q=q)
+            threshold = threshold_from_normals(method(threshold_images)[1], rule=threshold_rule, q=q,
+                                               fpr_target=fpr_target)
         results[name] = metrics_at_size(test_labels, scores, test_masks, maps, defects, threshold)
     return (results, all_scores) if return_scores else results
 

@@ -35,7 +35,7 @@ from .transgan.mapping import MappingResult
 from .transgan.mapping_file import MappingRun
 
 # MappingConfig fields that change no score (batching changes only float rounding)
-SCORE_NEUTRAL = ("batch_size", "synthetic_copies")
+SCORE_NEUTRAL = ("batch_size", "synthetic_copies", "threshold_rule", "fpr_target", "threshold_q", "calibration_dir")
 
 
 @dataclass
@@ -63,7 +63,8 @@ class ScoreResult:
     scores: (B,) max of the smoothed `config.map_kind` map; maps: (B, H, W); reconstructions:
     (B, C, H, W) = G(z*); decisions: (B,) bool, score >= threshold (None without a threshold);
     config: the settings used (map_kind resolved); mapping: the MappingResult (codes, AnoGAN
-    total / residual / feature scores).
+    total / residual / feature scores); threshold_rule: how the threshold was set (metrics.json's
+    "threshold_rule", or "given by the caller").
     """
     scores: torch.Tensor
     maps: torch.Tensor
@@ -72,6 +73,7 @@ class ScoreResult:
     threshold: Optional[float]
     config: MappingConfig
     mapping: MappingResult
+    threshold_rule: Optional[str] = None
 
 
 def _checked_metrics(paths: RunPaths, method: str, fingerprint: str,
@@ -225,6 +227,7 @@ class Scorer:
             raise ValueError(f"images must be {self.image_size}x{self.image_size} (the checkpoint's size), "
                              f"got shape {tuple(images.shape)}")
         config = apply_overrides(self.run, overrides or {}, warn=threshold is None)
+        rule = (self.run.metrics or {}).get("threshold_rule") if threshold is None else "given by the caller"
         threshold = self.run.threshold if threshold is None else float(threshold)
         if threshold is None:
             warnings.warn(f"no threshold: pass one (--threshold) or evaluate with method={self.run.method!r} "
@@ -234,7 +237,8 @@ class Scorer:
         scored = score_maps(images, result, map_kind=config.map_kind, sigma=config.sigma, fusion=fusion)
         decisions = None if threshold is None else scored["score"] >= threshold
         return ScoreResult(scores=scored["score"], maps=scored["map"], reconstructions=result.reconstructions,
-                           decisions=decisions, threshold=threshold, config=config, mapping=result)
+                           decisions=decisions, threshold=threshold, config=config, mapping=result,
+                           threshold_rule=None if threshold is None else rule)
 
 
 def score_images(checkpoint_or_run_dir: PathLike, images: torch.Tensor, *, method: str = "iterative",
