@@ -1,6 +1,6 @@
 """Decision thresholds on held-apart calibration normals (issue 24): on the saved restorer runs of
-`measure_fusion.py` (<root>/runs<size>/s<seed>/<surface>), the test-normal FPR and the recall at the threshold
-of each rule, with AUROC beside (the rules move no score, so AUROC is the same for all):
+`measure_fusion.py` (<root>/runs64/s<seed>/<surface>; at 32 px <root>/runs/...), the test-normal FPR and the
+recall at the threshold of each rule, with AUROC beside (the rules move no score, so AUROC is the same for all):
 
 - q99_val: the 99th percentile of the 20 validation normals (the rule before this change);
 - conformal5_val: the conformal rule at a 5 % target on the same validation normals (the default without a
@@ -10,11 +10,12 @@ of each rule, with AUROC beside (the rules move no score, so AUROC is the same f
   ([data seed, 900, i]): the "more good parts from the line" an engineer holds apart, on which nothing is
   chosen. The floor (raw-pixel patch NN) gets the default threshold on the same normals.
 
-One JSON line per run in <root>/calibration<size>.jsonl; `--summary` prints the table. About 1 min a run
-on 2 cores.
+One JSON line per run in <root>/calibration64.jsonl (at 32 px calibration.jsonl); `--summary` prints the
+table. About 1 min a run on 2 cores.
 
     python benchmarks/measure_calibration.py --root /tmp/fpr --image-size 64
     python benchmarks/measure_calibration.py --root /tmp/fpr --image-size 64 --summary
+    python benchmarks/measure_calibration.py --root /tmp/fpr --image-size 32 --surfaces demo demo_holdout ...
 """
 import argparse
 import json
@@ -53,14 +54,18 @@ def thresholds(val: np.ndarray, cal: np.ndarray) -> dict:
             "conformal1_cal": conformal_threshold(cal, 0.01)}
 
 
+def _tag(args) -> str:
+    return "" if args.image_size == 32 else str(args.image_size)  # measure_fusion.py's layout
+
+
 def measure(args) -> None:
     root = Path(args.root)
-    with open(root / f"calibration{args.image_size}.jsonl", "a") as out:
+    with open(root / f"calibration{_tag(args)}.jsonl", "a") as out:
         for seed in range(args.seeds):
             for surface in args.surfaces:
                 folder = calibration_folder(root, surface, args.n_calibration)
                 metrics, arrays = evaluate(data_root=root / "data", category=surface, method="restore",
-                                           output_dir=root / f"runs{args.image_size}" / f"s{seed}",
+                                           output_dir=root / f"runs{_tag(args)}" / f"s{seed}",
                                            calibration_dir=folder, fpr_target=0.05)
                 test, labels = arrays["scores"].double().numpy(), np.asarray(arrays["labels"])
                 val, cal = arrays["val_scores"].double().numpy(), arrays["calibration_scores"].double().numpy()
@@ -79,7 +84,7 @@ def measure(args) -> None:
 
 
 def summary(args) -> None:
-    rows = [json.loads(line) for line in open(Path(args.root) / f"calibration{args.image_size}.jsonl")]
+    rows = [json.loads(line) for line in open(Path(args.root) / f"calibration{_tag(args)}.jsonl")]
     ms = lambda a: f"{np.mean(a):.3f} ± {np.std(a, ddof=1):.3f}"  # noqa: E731
     print("| surface | image / pixel AUROC | " + " | ".join(f"{r}: FPR / recall" for r in RULES)
           + " | floor (conformal5_cal): FPR / recall |")
