@@ -30,10 +30,11 @@ from .utils import atomic_write_text, check_writable
 
 
 def _load_folder(folder: Path, image_size: int, skip_bad: bool):
-    from .data.mvtec import IMAGE_EXTENSIONS, DatasetError, list_images, load_image
+    from .data.images import images_under
+    from .data.mvtec import IMAGE_EXTENSIONS, DatasetError, load_image
     if not folder.is_dir():
         raise FileNotFoundError(f"--images {folder} is not a folder")
-    paths = sorted(p for sub in [folder, *[d for d in folder.rglob("*") if d.is_dir()]] for p in list_images(sub))
+    paths = images_under(folder)
     if not paths:
         raise FileNotFoundError(f"no images ({'/'.join(IMAGE_EXTENSIONS)}) found under {folder}")
     images, kept, errors = [], [], []

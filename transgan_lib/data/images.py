@@ -45,6 +45,12 @@ def list_images(folder: PathLike) -> List[Path]:
                   and not p.name.startswith("."))
 
 
+def images_under(folder: PathLike) -> List[Path]:
+    """Image files in `folder` and every folder below it (`list_images` of each), sorted by path."""
+    folder = Path(folder)
+    return sorted(p for d in [folder, *(q for q in folder.rglob("*") if q.is_dir())] for p in list_images(d))
+
+
 # 16-bit images are scaled by their bit depth, the same for every image (scaling each by its own
 # maximum made two frames of one scene load far apart); one whose values stay below this is likely a
 # 12-bit camera frame stored in 16 bits, and a note says so.

@@ -34,20 +34,20 @@ import torch
 
 from ..config import FUSED_MAP_KIND, ConfigError, EncoderConfig, MappingConfig, TrainConfig
 from ..data.folder import folder_spec_of
-from ..data.images import list_images, load_image
-from ..data.mvtec import DatasetError, stack_dataset
+from ..data.mvtec import stack_dataset
 from ..data.splits import open_split, train_val_split
 from ..detection.baselines import run_baselines
 from ..detection.evaluation import load_evaluation_masks, metrics_at_size
 from ..detection.maps import MAP_KINDS, feature_residual_map, gaussian_smooth, max_score
-from ..metrics import conformal_threshold, normals_needed, roc_points, single_class_reason, threshold_from_normals
+from ..metrics import roc_points, single_class_reason
 from ..runs import RunPaths, file_fingerprint, run_paths
 from ..utils import PathLike, atomic_write_json, check_writable, resolve_device
 from .detectors import detect, detector_file, load_detector
 from .restorer.detect import detection_maps, map_kinds_of
 from .selection import FALLBACK_MAP_KIND, select_map_kind  # noqa: F401 (re-exported)
 from .selection import copies_name, fit_run_fusion, map_synthetic, selection_family
-from .transgan.encoder import ensure_encoder, load_encoder
+from .thresholds import calibration_normals, decision_threshold, rule_of, threshold_record
+from .transgan.encoder import ensure_encoder
 from .transgan.mapping import MappingResult
 from .transgan.mapping_file import MappedImages, MappingRun
 
@@ -198,59 +198,6 @@ def _alternatives(test, val, images, val_images, masks, labels, defects, sigma, 
     return rows
 
 
-def decision_threshold(normal_scores, config: MappingConfig) -> float:
-    """The decision threshold of `config`'s rule from calibration-normal scores (M,) (`metrics`)."""
-    return threshold_from_normals(normal_scores, rule=config.threshold_rule, q=config.threshold_q,
-                                  fpr_target=config.fpr_target)
-
-
-def threshold_record(config: MappingConfig, n: int) -> Dict[str, Any]:
-    """metrics.json's account of the decision threshold: "threshold_rule" (text) and "threshold_calibration"
-    (rule, FPR target, the bound the calibration count supports, the normals it was set on)."""
-    held_apart = config.calibration_dir is not None
-    normals = (f"{n} images of {config.calibration_dir}, apart from every split (no choice made on them)"
-               if held_apart else f"the {n} validation normals (the map was also chosen on them)")
-    record = {"rule": config.threshold_rule, "n": n, "held_apart": held_apart, "normals": normals}
-    if config.threshold_rule == "percentile":
-        return {"threshold_rule": f"{config.threshold_q:g}th percentile of {normals}",
-                "threshold_calibration": {**record, "q": config.threshold_q}}
-    bound = conformal_threshold(range(n), config.fpr_target)[1]
-    record.update({"fpr_target": config.fpr_target, "fpr_bound": bound, "supported": bound <= config.fpr_target,
-                   "normals_needed": normals_needed(config.fpr_target)})
-    return {"threshold_rule": f"conformal: flags at most {bound:.1%} of new good images in expectation "
-                              f"(target {config.fpr_target:.1%}), set on {normals}",
-            "threshold_calibration": record}
-
-
-def _calibration(config: MappingConfig, run: RunPaths, mapping: MappingRun, splits: Dict[str, Any],
-                 image_size: int) -> Tuple[torch.Tensor, MappingResult]:
-    """The images of `config.calibration_dir` (B, C, H, W) and the detector's result on them, mapped with
-    the run's settings; ConfigError when the folder is empty, unreadable, or shares an image with a split."""
-    folder = Path(config.calibration_dir)
-    paths = sorted(p for d in [folder, *sorted(q for q in folder.rglob("*") if q.is_dir())] for p in list_images(d))
-    if not paths:
-        raise ConfigError(f"calibration_dir {folder}: no images there; give a folder of good images that no "
-                          "split holds, or calibration_dir None (the validation normals)")
-    used = {Path(p).resolve() for name in ("train", "val", "test") for p in splits[name]["paths"]}
-    shared = [str(p) for p in paths if p.resolve() in used]
-    if shared:
-        raise ConfigError(f"calibration_dir {folder} holds {len(shared)} image(s) of the run's own splits (e.g. "
-                          f"{shared[0]}): calibration normals must be apart from training, validation and test")
-    try:
-        images = torch.stack([load_image(p, image_size) for p in paths])
-    except DatasetError as e:
-        raise ConfigError(f"calibration_dir {folder}: {e}") from e
-    device = resolve_device("auto")
-    G, D, _, _ = load_detector(detector_file(run, config.method), config.method, device)
-    encoder = None
-    if config.method in ("encoder", "hybrid"):
-        if file_fingerprint(run.encoder) != mapping.fingerprints.get("encoder"):
-            raise ConfigError(f"{run.encoder} is not the encoder the mapping file was made with: rerun notebook 03")
-        encoder = load_encoder(run.encoder, device=str(device))[0]
-    print(f"calibration: mapping {len(paths)} held-apart normals of {folder}")
-    return images, detect(G, D, images.to(device), config, encoder=encoder, progress=False)
-
-
 def _checked_mapping(run: RunPaths, method: str) -> MappingRun:
     """The mapping file of `method`, refused (ConfigError) unless made with the checkpoint now there."""
     mapping, checkpoint = MappingRun.load(run.mapping(method), method), detector_file(run, method)
@@ -311,10 +258,8 @@ def evaluate(*, data_root: PathLike, category: str, output_dir: PathLike, method
     start, run = time.perf_counter(), run_paths(output_dir, category)
     check_writable(run.root, "output folder")  # before any work
     mapping = _checked_mapping(run, method)
-    if threshold_q is not None and threshold_rule is None:
-        threshold_rule = "percentile"
-    given = {"map_kind": map_kind, "sigma": sigma, "threshold_q": threshold_q, "threshold_rule": threshold_rule,
-             "fpr_target": fpr_target, "calibration_dir": None if calibration_dir is None else str(calibration_dir)}
+    given = {"map_kind": map_kind, "sigma": sigma, "threshold_q": threshold_q, "fpr_target": fpr_target,
+             "threshold_rule": rule_of(threshold_rule, threshold_q), "calibration_dir": calibration_dir}
     config = dataclasses.replace(mapping.config, **{k: v for k, v in given.items() if v is not None})
     splits = _splits_of(mapping, data_root, run.mapping(method))
     test, val, syn = mapping.test.result, mapping.val.result, mapping.val_synthetic
@@ -322,9 +267,8 @@ def evaluate(*, data_root: PathLike, category: str, output_dir: PathLike, method
     labels, defects = splits["test"]["labels"], splits["test"]["defects"]
     folder = folder_spec_of(mapping.train_config)
     masks, size = load_evaluation_masks(data_root, category, images.shape[-1], mapping.test.paths, eval_size, folder)
-    reason = single_class_reason(labels)
-    if reason:
-        print(f"NOTE: {reason}; they are null in metrics.json, with the reason under "
+    if single_class_reason(labels):
+        print(f"NOTE: {single_class_reason(labels)}; they are null in metrics.json, with the reason under "
               "'unavailable'. Add test images of the missing class to measure the detector.")
     fusion, weight_auroc = fit_run_fusion(splits["train"]["images"], val_images, val, syn, config.sigma, config.seed)
     if fusion is None and config.map_kind == FUSED_MAP_KIND:
@@ -333,21 +277,13 @@ def evaluate(*, data_root: PathLike, category: str, output_dir: PathLike, method
     selection = select_map_kind(val_images, val, *((syn.images, syn.result) if syn else (None, None)),
                                 sigma=config.sigma, copies=copies_name(syn), fusion=fusion)
     kind = selection["chosen"] if config.map_kind == "auto" else config.map_kind
-    cal_images, cal = val_images, val
-    if config.calibration_dir is not None:
-        cal_images, cal = _calibration(config, run, mapping, splits, images.shape[-1])
+    cal_images, cal = calibration_normals(config, run, mapping, splits, val_images, val)
     t = score_maps(images, test, map_kind=kind, sigma=config.sigma, fusion=fusion)
     v = score_maps(val_images, val, map_kind=kind, sigma=config.sigma, fusion=fusion)
     c = v if cal is val else score_maps(cal_images, cal, map_kind=kind, sigma=config.sigma, fusion=fusion)
-    record = threshold_record(config, len(cal_images))
-    calibration = record["threshold_calibration"]
-    if not calibration.get("supported", True):
-        print(f"NOTE: {len(cal_images)} calibration normals support a false-positive target of "
-              f"{calibration['fpr_bound']:.1%} at best, not the {config.fpr_target:.1%} asked: hold apart "
-              f"at least {calibration['normals_needed']} good images (calibration_dir) to reach it")
     metrics = metrics_at_size(labels, t["score"], masks, t["map"], defects, decision_threshold(c["score"], config))
-    metrics.update({"n_val": len(val_images), **record, "map_kind": kind, "map_selection": selection,
-                    "category": category,
+    metrics.update({"n_val": len(val_images), **threshold_record(config, len(cal_images)), "map_kind": kind,
+                    "map_selection": selection, "category": category,
                     "score_rule": f"max of Gaussian-smoothed {kind} map", "image_size": int(images.shape[-1]),
                     "eval_size": size, "pixel_metrics_rule": f"maps upsampled (bilinear) to the {size} px masks"
                     if masks is not None else NO_MASKS,
@@ -368,12 +304,11 @@ def evaluate(*, data_root: PathLike, category: str, output_dir: PathLike, method
               "val_scores": v["score"], "calibration_scores": c["score"],
               "roc": {"TransGAN": (*roc_points(labels, t["score"]), metrics["image_auroc"])}}
     if baselines:
-        # Same map rule as the GAN; thresholds from the validation normals.
+        # Same map rule as the GAN; thresholds by the same rule on the same calibration normals.
         metrics["baselines"], base_scores = run_baselines(
             splits["train"]["images"], images, labels, masks, defects, threshold_images=cal_images,
             kind=kind if kind in MAP_KINDS else FALLBACK_MAP_KIND, sigma=config.sigma, q=config.threshold_q,
-            threshold_rule=config.threshold_rule, fpr_target=config.fpr_target,
-            return_scores=True)
+            threshold_rule=config.threshold_rule, fpr_target=config.fpr_target, return_scores=True)
         for name, scores in base_scores.items():
             arrays["roc"][name] = (*roc_points(labels, scores), metrics["baselines"][name]["image_auroc"])
     metrics["evaluation_seconds"] = time.perf_counter() - start
