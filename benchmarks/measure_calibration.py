@@ -22,27 +22,37 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 from transgan_lib.data.demo import MARKER, make_demo_image
-from transgan_lib.methods.pipeline import evaluate
+from transgan_lib.data.images import images_under, load_image
+import transgan_lib
+from transgan_lib.config import MappingConfig
+from transgan_lib.jobs import DEMO_PARAMETERS
+from transgan_lib.methods.pipeline import evaluate, run_mapping
+from transgan_lib.runs import run_paths
+from transgan_lib.methods.scoring import Scorer
 from transgan_lib.metrics import conformal_threshold
 
 SURFACES = ("demo_holdout", "demo_gravel", "demo_tissue", "demo_retina", "demo_text", "demo_hopper")
 CALIBRATION_STREAM = 900  # the rng stream of the held-apart normals: the demo builder uses 0 .. 1 + defects
+FRESH_TEST_STREAM = 901  # more test normals than the split's 40, to read an FPR near 1 % (`--fresh-test`)
+DRAWS_STREAM = 902  # independent calibration sets: the bound is an average over the calibration draw
 RULES = ("q99_val", "conformal5_val", "conformal5_cal", "conformal1_cal")
 TARGETS = {"q99_val": 0.01, "conformal5_val": 0.05, "conformal5_cal": 0.05, "conformal1_cal": 0.01}
 
 
-def calibration_folder(root: Path, surface: str, n: int) -> Path:
-    """<root>/calibration/<surface>/good with n good images of `surface`, none of them in any split."""
+def calibration_folder(root: Path, surface: str, n: int, name: str = "calibration",
+                       stream: int = CALIBRATION_STREAM) -> Path:
+    """<root>/<name>/<surface>/good with n good images of `surface` drawn from rng `stream`, none in any split."""
     marker = json.loads((root / "data" / surface / MARKER).read_text())
-    folder = root / "calibration" / surface / "good"
+    folder = root / name / surface / "good"
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(n):
         path = folder / f"{i:04d}.png"
         if not path.exists():
-            rng = np.random.default_rng([marker["seed"], CALIBRATION_STREAM, i])
+            rng = np.random.default_rng([marker["seed"], stream, i])
             Image.fromarray(make_demo_image(rng, marker["size"], "good", surface)[0]).save(path)
     return folder.parent
 
@@ -55,7 +65,27 @@ def thresholds(val: np.ndarray, cal: np.ndarray) -> dict:
 
 
 def _tag(args) -> str:
-    return "" if args.image_size == 32 else str(args.image_size)  # measure_fusion.py's layout
+    """measure_fusion.py's layout for the restorer; the TransGAN's rows and runs get "_iterative" after it."""
+    return ("" if args.image_size == 32 else str(args.image_size)) + ("" if args.method == "restore" else
+                                                                         f"_{args.method}")
+
+
+def _run_dir(args, seed: int) -> Path:
+    return Path(args.root) / f"runs{_tag(args)}" / f"s{seed}"
+
+
+def _trained(args, surface: str, seed: int) -> None:
+    """The TransGAN of the demo job's settings at `--image-size`, trained and mapped once per run folder (the
+    restorer runs are measure_fusion.py's)."""
+    if args.method == "restore":
+        return
+    where = dict(data_root=f"{args.root}/data", category=surface, output_dir=str(_run_dir(args, seed)))
+    train = {**DEMO_PARAMETERS["02_train_mvtec"], "image_size": args.image_size}
+    transgan_lib.fit(args.method, seed=seed, progress=False, **where,  # resumes, or returns when trained
+                     **{k: v for k, v in train.items() if k != "category"})
+    mapping = {k: v for k, v in DEMO_PARAMETERS["03_latent_mapping"].items() if k != "category"}
+    if not run_paths(where["output_dir"], surface).mapping(args.method).is_file():
+        run_mapping(MappingConfig(**{**mapping, "method": args.method}, seed=seed), progress=False, **where)
 
 
 def measure(args) -> None:
@@ -64,8 +94,9 @@ def measure(args) -> None:
         for seed in range(args.seeds):
             for surface in args.surfaces:
                 folder = calibration_folder(root, surface, args.n_calibration)
-                metrics, arrays = evaluate(data_root=root / "data", category=surface, method="restore",
-                                           output_dir=root / f"runs{_tag(args)}" / f"s{seed}",
+                _trained(args, surface, seed)
+                metrics, arrays = evaluate(data_root=root / "data", category=surface, method=args.method,
+                                           output_dir=_run_dir(args, seed),
                                            calibration_dir=folder, fpr_target=0.05)
                 test, labels = arrays["scores"].double().numpy(), np.asarray(arrays["labels"])
                 val, cal = arrays["val_scores"].double().numpy(), arrays["calibration_scores"].double().numpy()
@@ -81,6 +112,64 @@ def measure(args) -> None:
                 print(json.dumps(row), flush=True)
                 out.write(json.dumps(row) + "\n")
                 out.flush()
+
+
+def fresh_test(args) -> None:
+    """Scores, with each run as `score` would make them, of `--fresh-test` new good images per surface (rng
+    stream 901), of `--draws` more calibration sets of `--n-calibration` (stream 902), of the calibration folder
+    and of the split's test normals (a check: their FPR must equal the row's): <root>/fresh<tag>/<surface>_s<seed>.npz.
+    Nothing is chosen on them; `--fresh-summary` reads the FPR of each rule off them."""
+    root = Path(args.root)
+    (root / f"fresh{_tag(args)}").mkdir(exist_ok=True)
+    for r in _rows(args):
+        scorer = Scorer(_run_dir(args, r["seed"]) / r["surface"], method=args.method, device="cpu")
+        folders = {"fresh": calibration_folder(root, r["surface"], args.fresh_test, "fresh_test", FRESH_TEST_STREAM),
+                   "draws": calibration_folder(root, r["surface"], args.draws * args.n_calibration, "calibration_draws",
+                                               DRAWS_STREAM),
+                   "calibration": root / "calibration" / r["surface"], "split": root / "data" / r["surface"] / "test"}
+        scores = {name: _scores(scorer, images_under(folder / "good")) for name, folder in folders.items()}
+        check = (scores["split"] >= r["rules"]["conformal5_cal"]["threshold"]).mean()
+        assert abs(check - r["rules"]["conformal5_cal"]["fpr"]) < 1e-9, (r["surface"], r["seed"], check)
+        np.savez(root / f"fresh{_tag(args)}" / f"{r['surface']}_s{r['seed']}.npz", **scores)
+        print(r["surface"], r["seed"], {k: len(v) for k, v in scores.items()}, flush=True)
+
+
+def _rows(args) -> list:
+    rows = [json.loads(line) for line in open(Path(args.root) / f"calibration{_tag(args)}.jsonl")]
+    return [r for r in rows if r["surface"] in args.surfaces and r["seed"] < args.seeds]
+
+
+def fresh_summary(args) -> None:
+    """Test-normal FPR per rule on the split's 40 test normals and the fresh ones: the calibration folder's
+    threshold (one draw, the pre-registered figure), and the mean over `--draws` independent calibration draws
+    (what the conformal bound is about: it holds on average over the draw of the calibration normals)."""
+    ms = lambda a: f"{np.mean(a):.3f} ± {np.std(a, ddof=1):.3f}"  # noqa: E731
+    print("| surface | rule | split test normals (40), calibration folder | fresh normals, calibration folder "
+          "| fresh + split normals, mean over draws × seeds | range over draws × seeds |")
+    for surface in args.surfaces:
+        rs = [r for r in _rows(args) if r["surface"] == surface]
+        for rule, target in (("conformal5_cal", 0.05), ("conformal1_cal", 0.01), ("q99_val", None),
+                             ("conformal5_val", None)):
+            folder, fresh, draws = [], [], []
+            for r in rs:
+                z = np.load(Path(args.root) / f"fresh{_tag(args)}" / f"{surface}_s{r['seed']}.npz")
+                t, test = r["rules"][rule]["threshold"], np.concatenate([z["fresh"], z["split"]])
+                folder.append(r["rules"][rule]["fpr"])
+                fresh.append((z["fresh"] >= t).mean())
+                for d in range(args.draws if target else 0):
+                    cal = z["draws"][d * args.n_calibration:(d + 1) * args.n_calibration]
+                    draws.append((test >= conformal_threshold(cal, target)[0]).mean())
+            if not rs:
+                continue
+            cells = [ms(folder), ms(fresh), ms(draws) if draws else "", f"{min(draws):.3f}-{max(draws):.3f}"
+                     if draws else ""]
+            print(f"| {surface} (seeds {len(rs)}) | {rule} | " + " | ".join(cells) + " |")
+
+
+def _scores(scorer: Scorer, paths) -> np.ndarray:
+    size = scorer.image_size
+    return np.concatenate([scorer.score(torch.stack([load_image(p, size) for p in paths[i:i + 50]]),
+                                        progress=False).scores.double().numpy() for i in range(0, len(paths), 50)])
 
 
 def summary(args) -> None:
@@ -109,9 +198,17 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--surfaces", nargs="+", default=list(SURFACES))
     p.add_argument("--n-calibration", type=int, default=200)
+    p.add_argument("--method", default="restore", choices=("restore", "iterative"),
+                   help="iterative: the TransGAN of the demo job (trained here, <root>/runs<size>_iterative)")
+    p.add_argument("--fresh-test", type=int, default=0, help="score this many new good images per surface "
+                   "(rng stream 901) against the thresholds already measured")
+    p.add_argument("--draws", type=int, default=5, help="with --fresh-test: independent calibration sets")
     p.add_argument("--summary", action="store_true")
+    p.add_argument("--fresh-summary", action="store_true")
     args = p.parse_args()
-    summary(args) if args.summary else measure(args)
+    if args.summary or args.fresh_summary:
+        return summary(args) if args.summary else fresh_summary(args)
+    fresh_test(args) if args.fresh_test else measure(args)
 
 
 if __name__ == "__main__":
