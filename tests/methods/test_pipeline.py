@@ -85,7 +85,8 @@ def test_mapping_then_metrics_follow_the_protocol(trained_run):
     assert on_disk["threshold"] == pytest.approx(float(val_scores.max()))
     assert on_disk["threshold_calibration"] == {
         "rule": "conformal", "n": 4, "held_apart": False, "normals": "the 4 validation normals (the map was also "
-        "chosen on them)", "fpr_target": 0.05, "fpr_bound": 0.2, "supported": False, "normals_needed": 19}
+        "chosen on them)", "fpr_target": 0.05, "fpr_bound": 0.2, "supported": False, "normals_needed": 19,
+        "fpr_upper_90": pytest.approx(1 - 0.1 ** (1 / 4))}  # the largest of 4: its rate is Beta(1, 4)
     # Heatmaps are computed against the reconstructions G(z*) of the optimized codes.
     assert torch.allclose(arrays["reconstructions"], mapping.test.result.reconstructions)
     assert arrays["maps"].shape == (15, 32, 32)

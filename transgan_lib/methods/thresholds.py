@@ -6,7 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
+import numpy as np
 import torch
+from scipy.stats import beta
 
 from ..config import ConfigError, MappingConfig
 from ..data.images import images_under, load_image
@@ -37,6 +39,14 @@ def decision_threshold(normal_scores, config: MappingConfig) -> float:
                                   fpr_target=config.fpr_target)
 
 
+def fpr_quantile(n: int, fpr_target: float, prob: float = 0.9) -> float:
+    """The false-positive rate on new good images that the conformal threshold of n calibration normals stays
+    under with probability `prob` over the draw of those normals: the rate is Beta(n + 1 - k, k) distributed
+    for continuous scores (k: `conformal_threshold`'s order statistic), so few normals spread it widely."""
+    k = min(int(np.ceil((n + 1) * (1.0 - fpr_target) - 1e-9)), n)
+    return float(beta.ppf(prob, n + 1 - k, k))
+
+
 def threshold_record(config: MappingConfig, n: int) -> Dict[str, Any]:
     """metrics.json's account of the decision threshold: "threshold_rule" (text) and "threshold_calibration"
     (rule, FPR target, the bound the calibration count supports, the normals it was set on); a printed
@@ -49,8 +59,9 @@ def threshold_record(config: MappingConfig, n: int) -> Dict[str, Any]:
         return {"threshold_rule": f"{config.threshold_q:g}th percentile of {normals}",
                 "threshold_calibration": {**record, "q": config.threshold_q}}
     bound, needed = conformal_threshold(range(n), config.fpr_target)[1], normals_needed(config.fpr_target)
-    record.update({"fpr_target": config.fpr_target, "fpr_bound": bound, "supported": bound <= config.fpr_target,
-                   "normals_needed": needed})
+    upper = fpr_quantile(n, config.fpr_target)
+    record.update({"fpr_target": config.fpr_target, "fpr_bound": bound, "fpr_upper_90": upper,
+                   "supported": bound <= config.fpr_target, "normals_needed": needed})
     if bound > config.fpr_target:
         print(f"NOTE: {n} calibration normals support a false-positive target of {bound:.1%} at best, not the "
               f"{config.fpr_target:.1%} asked: hold apart at least {needed} good images (calibration_dir) to reach it")
@@ -60,8 +71,9 @@ def threshold_record(config: MappingConfig, n: int) -> Dict[str, Any]:
               "from every split, for a false-positive rate that holds")
         return {"threshold_rule": f"conformal, target {config.fpr_target:.1%} ({bound:.1%} if new good images "
                                   f"were exchangeable with them), set on {normals}", "threshold_calibration": record}
-    return {"threshold_rule": f"conformal: flags at most {bound:.1%} of new good images in expectation "
-                              f"(target {config.fpr_target:.1%}), set on {normals}",
+    return {"threshold_rule": f"conformal: flags at most {bound:.1%} of new good images in expectation, and "
+                              f"at most {upper:.1%} with 90% probability over the draw of these normals (target "
+                              f"{config.fpr_target:.1%}), set on {normals}",
             "threshold_calibration": record}
 
 
