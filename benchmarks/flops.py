@@ -5,6 +5,7 @@ take on a T4, an A100 and an H100, per epoch and per MVTec AD category (README, 
     python benchmarks/flops.py                      # the README tables (CPU, 1 thread: ~7 min, base most of it)
     python benchmarks/flops.py --sizes tiny,small   # without base
     python benchmarks/flops.py --json flops.json    # also every number, per row
+    python benchmarks/flops.py --cifar              # notebook 05's CIFAR-10 method instead (tiny, base: ~4 min)
 
 Measured on the CPU by running the library's own code (`train_step`, `map_with_config`, `train_encoder`,
 `map_images`, `restore_images`) as a GPU run takes it (`as_on_gpu`): training under bf16 autocast
@@ -26,6 +27,13 @@ roofline); the host issues one op per HOST_SECONDS (eager PyTorch, no CUDA graph
 larger of the two sums. Per epoch and per category from `Category` and the configs' defaults (350
 epochs, 1000 search iterations, 50 encoder epochs); per-epoch validation, figures and checkpoints are
 not counted. `benchmarks/gpu_check.sh` measures the real figures on a GPU.
+
+CIFAR-10 (`--cifar`, notebook 05's `cifar/` method, presets tiny and base): a training step (`train_step` on 64
+normals and 16 labelled anomalies, then the EMA update, amp as on a GPU), a batch of the nearest-neighbour bank
+(`feature_bank`) and a batch of scoring (`score_images`, against banks of the real size), each profiled once
+(after one warm-up step for training); counted per epoch (training steps and the per-epoch validation), per
+class's run (every epoch, then `evaluate_cifar`) and for all ten classes, from the split `load_split` makes of
+CIFAR-10's class sizes (`CifarCounts`). The ResNet50 is built without ImageNet weights: the same FLOPs, no download.
 """
 from __future__ import annotations
 
@@ -33,6 +41,7 @@ import argparse
 import contextlib
 import dataclasses
 import functools
+import inspect
 import json
 import math
 import time
@@ -55,6 +64,17 @@ from torch.utils.flop_counter import (
 )
 
 from transgan_lib import utils
+from transgan_lib.cifar.config import CifarConfig
+from transgan_lib.cifar.data import CIFAR10_CLASSES, LabelledImages, to_float
+from transgan_lib.cifar.score import BANK_MAX, FeatureBank, feature_bank, score_images
+from transgan_lib.cifar.train import (
+    CifarModels,
+    build_cifar_models,
+    build_optimizers,
+    load_split,
+    train_step,
+    update_ema,
+)
 from transgan_lib.config import EncoderConfig, MappingConfig, TrainConfig
 from transgan_lib.methods.transgan.encoder import train_encoder
 from transgan_lib.methods.transgan.mapping import map_images, map_with_config
@@ -62,6 +82,7 @@ from transgan_lib.methods.pipeline import encoder_size
 from transgan_lib.methods.restorer.detect import restore_images
 from transgan_lib import methods
 from transgan_lib.training import state as train_state
+from transgan_lib.training.stack import build_ema, grad_scaler
 from transgan_lib.methods.restorer.train import build_training_models
 from transgan_lib.models.encoder import LatentEncoder
 from transgan_lib.models.transgan import build_models
@@ -222,10 +243,12 @@ def profile(fn: Callable[[], Any], gpus: Sequence[GPU] = GPUS, fraction: float =
 
 
 def resident_bytes(objects: Sequence[Any]) -> int:
-    """Bytes of the distinct storages of modules' parameters and buffers and optimisers' state."""
+    """Bytes of the distinct storages of modules' parameters and buffers, optimisers' state and tensors."""
     tensors: List[torch.Tensor] = []
     for obj in objects:
-        if isinstance(obj, nn.Module):
+        if isinstance(obj, torch.Tensor):
+            tensors.append(obj)
+        elif isinstance(obj, nn.Module):
             tensors += list(obj.parameters()) + list(obj.buffers())
         else:
             tensors += [t for state in obj.state.values() for t in state.values() if isinstance(t, torch.Tensor)]
@@ -391,7 +414,7 @@ class Row:
     cost: Profile  # of one unit
     resident: int
     per_epoch: int  # units
-    per_category: int
+    per_category: int  # units per MVTec category, or per CIFAR class's run
     training: bool
     seconds: Dict[str, float] = field(default_factory=dict)  # per GPU, one unit
     host_bound: Dict[str, bool] = field(default_factory=dict)
@@ -413,10 +436,196 @@ def measure(work: Workload, cfg: TrainConfig, preset: str, batch: Optional[int] 
                                                     for k, m in setup.networks.items()},
               cost, resident_bytes(setup.resident), work.per_epoch(Category(), batch),
               work.per_category(Category(), batch), work.training)
+    return _predict(row, gpus, host_seconds)
+
+
+def _predict(row: Row, gpus: Sequence[GPU], host_seconds: float) -> Row:
+    """Fill in the row's seconds per unit on each GPU and whether the host bounds them."""
     for gpu in gpus:
-        row.seconds[gpu.name] = cost.seconds(gpu, host_seconds)
-        row.host_bound[gpu.name] = cost.ops * host_seconds > cost.device_seconds[gpu.name]
+        row.seconds[gpu.name] = row.cost.seconds(gpu, host_seconds)
+        row.host_bound[gpu.name] = row.cost.ops * host_seconds > row.cost.device_seconds[gpu.name]
     return row
+
+
+# ----------------------------------------------------------------------------- CIFAR-10 (notebook 05)
+CIFAR10_IMAGES = (5000, 1000)  # CIFAR-10's images per class: train, test
+CIFAR_PRESETS: Dict[str, Dict[str, Any]] = {
+    "tiny": {"model_size": "tiny", "pretrained": False, "latent_dim": 128},  # notebook 05's CPU settings
+    "base": {},  # its defaults: the base TransGAN, the frozen ImageNet ResNet50 at 224 px
+}
+CIFAR_SCORE_BATCH = inspect.signature(score_images).parameters["batch_size"].default  # as evaluation calls it
+CIFAR_BANK_BATCH = inspect.signature(feature_bank).parameters["batch_size"].default
+
+
+def cifar_config(preset: str, **overrides: Any) -> CifarConfig:
+    """Notebook 05's settings at `preset` (CIFAR_PRESETS), with `overrides` (CifarConfig fields)."""
+    return CifarConfig(**{**CIFAR_PRESETS[preset], **overrides})
+
+
+@dataclass(frozen=True)
+class CifarCounts:
+    """One class's run of notebook 05 on CIFAR-10, counted by the library's rules: the split `load_split` makes,
+    the epoch loop of `cifar.train._train_epoch`, the scoring of `cifar.score.validation_auroc` (every epoch)
+    and of `cifar.evaluate.evaluate_cifar` (at the end)."""
+    epochs: int
+    batch: int  # normals per training step
+    anomaly_batch: int  # labelled anomalies drawn per step (0 without any)
+    train_normals: int
+    train_anomalies: int  # labelled anomalies trained with
+    val: int  # validation normals and labelled anomalies
+    val_anomalies: int
+    test: int
+    bank: int  # training normals in the nearest-neighbour bank (a subset of at most BANK_MAX)
+    logistic: bool  # evaluation also scores the labelled anomalies to fit the logistic combiner
+    score_batch: int = CIFAR_SCORE_BATCH
+    bank_batch: int = CIFAR_BANK_BATCH
+
+    @property
+    def steps(self) -> int:
+        """Training steps per epoch: full batches of normals only, one short batch if there are fewer."""
+        return len(range(0, max(self.train_normals - self.batch + 1, 1), self.batch))  # as `_train_epoch`
+
+    @property
+    def bank_batches(self) -> int:
+        """Batches that `banks` encodes: the training normals' bank, then the labelled anomalies'."""
+        return math.ceil(self.bank / self.bank_batch) + math.ceil(self.train_anomalies / self.bank_batch)
+
+    def score_batches(self, images: int) -> int:
+        return math.ceil(images / self.score_batch)
+
+    @property
+    def evaluation_batches(self) -> int:
+        """`score_split`'s batches (validation, test, and the labelled anomalies for the logistic combiner),
+        twice: `evaluate_cifar` scores the trained model and the untrained one (`untrained_scores`)."""
+        labelled = self.train_anomalies + self.val_anomalies if self.logistic else 0
+        return 2 * sum(self.score_batches(n) for n in (self.val, self.test, labelled))
+
+
+def cifar_counts(cfg: CifarConfig) -> CifarCounts:
+    """The counts of `cfg`'s run on CIFAR-10: `load_split` splits stand-in images (1 px; the split depends on
+    the labels alone) labelled as CIFAR-10's train and test splits are, 5,000 and 1,000 images per class."""
+    def stand_in(per_class: int) -> LabelledImages:
+        targets = torch.arange(len(CIFAR10_CLASSES)).repeat_interleave(per_class)
+        return LabelledImages(torch.zeros(len(targets), 3, 1, 1, dtype=torch.uint8), targets, list(CIFAR10_CLASSES))
+
+    n = load_split(cfg, (stand_in(CIFAR10_IMAGES[0]), stand_in(CIFAR10_IMAGES[1]))).counts()
+    anomalies = n["n_train_anomalous"]
+    return CifarCounts(
+        epochs=cfg.epochs, batch=cfg.batch_size,
+        anomaly_batch=(cfg.anomaly_batch_size or max(1, cfg.batch_size // 4)) if anomalies else 0,  # `_train_epoch`
+        train_normals=n["n_train_normal"], train_anomalies=anomalies, val=n["n_val_normal"] + n["n_val_anomalous"],
+        val_anomalies=n["n_val_anomalous"], test=n["n_test"], bank=min(n["n_train_normal"], BANK_MAX),
+        logistic=cfg.score_combiner == "logistic" and anomalies + n["n_val_anomalous"] > 0)
+
+
+def _cifar_models(cfg: CifarConfig) -> CifarModels:
+    """`cfg`'s networks, with a randomly initialised ResNet (the FLOPs of ImageNet's, no download); the trunk
+    stays frozen or trains as `cfg` says (`finetune_encoder` was settled by `cfg.pretrained`)."""
+    return build_cifar_models(dataclasses.replace(cfg, pretrained=False))
+
+
+def _cifar_images(n: int, cfg: CifarConfig) -> torch.Tensor:
+    """n uint8 images (n, 3, H, W), as the dataset holds them."""
+    size = (n, 3, cfg.image_size, cfg.image_size)
+    return torch.randint(0, 256, size, generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+
+
+def _encoder(models: CifarModels) -> nn.Module:
+    m = models.model
+    return nn.ModuleList([m.features, m.to_latent, m.to_latent_rec])  # trunk, E1 and E2 heads (for counting)
+
+
+def _cifar_train_setup(cfg: CifarConfig, counts: CifarCounts) -> Setup:
+    """k iterations of `_train_epoch`'s loop: `train_step` on the normals and labelled anomalies, then the EMA
+    update; amp as on a GPU."""
+    models = _cifar_models(cfg)
+    opts, ema = build_optimizers(models, cfg), build_ema(models.model, cfg.ema_decay)
+    amp_dtype = utils.autocast_dtype(torch.device("cuda"), cfg.amp)  # bf16 under as_on_gpu
+    scaler = grad_scaler(torch.device("cpu"), amp_dtype)
+    x_n, x_a = _cifar_images(counts.batch, cfg), _cifar_images(counts.anomaly_batch, cfg)
+    for m in models:
+        m.train()
+
+    def run(k: int, at_most: Optional[int] = None) -> None:  # at_most: images of each kind
+        for _ in range(k):
+            train_step(models, opts, to_float(x_n[:at_most]), to_float(x_a[:at_most]), cfg, amp_dtype=amp_dtype,
+                       scaler=scaler)
+            update_ema(ema, models.model)
+
+    # Adam's state and the EMA's first copy exist before the profile, as after a run's first step (made here
+    # on two normals and two anomalies: a base step takes half a minute on one CPU thread)
+    run(1, at_most=2)
+    return Setup(run, {"E": _encoder(models), "G": models.model.generator, "D_n": models.d_normal,
+                       "D_a": models.d_anomalous}, [*models, ema, *opts])
+
+
+def _cifar_bank_setup(cfg: CifarConfig, counts: CifarCounts) -> Setup:
+    """k batches of `feature_bank`: E1's codes and the trunk's stage features of training normals (fp32)."""
+    models = _cifar_models(cfg)
+    x = _cifar_images(counts.bank_batch, cfg)
+    return Setup(lambda k: [feature_bank(models.model, x, batch_size=counts.bank_batch) for _ in range(k)],
+                 {"E": _encoder(models)}, [models.model])
+
+
+def _zero_bank(model: nn.Module, cfg: CifarConfig, rows: int) -> FeatureBank:
+    """A bank of `rows` zeros as wide as `feature_bank` makes them: comparing with it costs what the real one does."""
+    one = feature_bank(model, _cifar_images(1, cfg))
+    return FeatureBank(one.codes.new_zeros(rows, one.codes.shape[1]),
+                       [s.new_zeros(rows, s.shape[1]) for s in one.stages])
+
+
+def _cifar_score_setup(cfg: CifarConfig, counts: CifarCounts) -> Setup:
+    """k batches of `score_images` as validation and evaluation run it (fp32): the model's passes, the nearest
+    training normal and labelled anomaly in banks of the real sizes, D_anomalous' logit."""
+    models = _cifar_models(cfg)
+    x = _cifar_images(counts.score_batch, cfg)
+    bank = _zero_bank(models.model, cfg, counts.bank)
+    anomaly_bank = _zero_bank(models.model, cfg, counts.train_anomalies) if counts.train_anomalies else None
+    banked = [t for b in (bank, anomaly_bank) if b is not None for t in (b.codes, *b.stages)]
+    return Setup(lambda k: [score_images(models.model, x, cfg, bank=bank, anomaly_bank=anomaly_bank,
+                                         d_anomalous=models.d_anomalous) for _ in range(k)],
+                 {"E": _encoder(models), "G": models.model.generator, "D_a": models.d_anomalous},
+                 [models.model, models.d_anomalous, *banked])
+
+
+@dataclass(frozen=True)
+class CifarWork:
+    """One unit of the CIFAR method's work; its images, and its units per epoch and per class's run."""
+    name: str
+    unit: str
+    setup: Callable[[CifarConfig, CifarCounts], Setup]
+    batch: Callable[[CifarCounts], int]
+    per_epoch: Callable[[CifarCounts], int]  # training steps, or the per-epoch validation's batches
+    per_run: Callable[[CifarCounts], int]  # every epoch, then the evaluation
+    training: bool
+
+
+CIFAR_WORKLOADS = (
+    CifarWork("CIFAR train", "step", _cifar_train_setup, lambda c: c.batch + c.anomaly_batch, lambda c: c.steps,
+              lambda c: c.epochs * c.steps, True),
+    # the banks are encoded every epoch, and again for the trained and the untrained model at evaluation
+    CifarWork("CIFAR bank", "batch", _cifar_bank_setup, lambda c: c.bank_batch, lambda c: c.bank_batches,
+              lambda c: (c.epochs + 2) * c.bank_batches, False),
+    CifarWork("CIFAR score", "batch", _cifar_score_setup, lambda c: c.score_batch,
+              lambda c: c.score_batches(c.val), lambda c: c.epochs * c.score_batches(c.val) + c.evaluation_batches,
+              False),
+)
+
+
+def measure_cifar(work: CifarWork, cfg: CifarConfig, preset: str, counts: Optional[CifarCounts] = None,
+                  gpus: Sequence[GPU] = GPUS, fraction: float = FRACTION, host_seconds: float = HOST_SECONDS) -> Row:
+    """Profile one unit of `work` at `cfg` (CPU, as on a GPU) and predict its times. One unit is profiled, not
+    two minus one (a base unit takes a minute on one CPU thread): a scoring unit includes the few fixed ops of
+    one `score_images` / `feature_bank` call."""
+    counts = counts or cifar_counts(cfg)
+    with as_on_gpu():
+        torch.manual_seed(0)
+        setup = work.setup(cfg, counts)
+        cost = profile(functools.partial(setup.run, 1), gpus, fraction)
+    row = Row(preset, work.name, work.unit, work.batch(counts), {k: sum(p.numel() for p in m.parameters())
+                                                                 for k, m in setup.networks.items()},
+              cost, resident_bytes(setup.resident), work.per_epoch(counts), work.per_run(counts), work.training)
+    return _predict(row, gpus, host_seconds)
 
 
 # ----------------------------------------------------------------------------- tables
@@ -491,9 +700,54 @@ def assumptions(gpus: Sequence[GPU] = GPUS, fraction: float = FRACTION, host_sec
             f"in batches of {score_batch}.")
 
 
+def cifar_time_table(rows: Sequence[Row], gpus: Sequence[GPU] = GPUS) -> str:
+    """Markdown: predicted time of one unit, of an epoch's units and of a class's run's; * = host-bound."""
+    lines = ["| preset | work | unit / epoch / class | " + " | ".join(g.name for g in gpus) + " |",
+             "|---|---|---|" + "---|" * len(gpus)]
+    for r in rows:
+        cells = [f"{_duration(s)} / {_duration(s * r.per_epoch)} / {_duration(s * r.per_category)}"
+                 f"{'*' if r.host_bound[g.name] else ''}" for g, s in ((g, r.seconds[g.name]) for g in gpus)]
+        lines.append(f"| {r.preset} | {r.work} | {r.unit}, {r.per_epoch:,}, {r.per_category:,} | "
+                     + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def cifar_run_table(rows: Sequence[Row], gpus: Sequence[GPU] = GPUS, classes: int = len(CIFAR10_CLASSES)) -> str:
+    """Markdown: one epoch (its training steps and validation), one class's whole run (every epoch, then the
+    evaluation) and every class in turn (their runs count the same), per GPU: the rows above added up."""
+    lines = ["| preset | run | " + " | ".join(g.name for g in gpus) + " |", "|---|---|" + "---:|" * len(gpus)]
+    for preset in dict.fromkeys(r.preset for r in rows):
+        mine = [r for r in rows if r.preset == preset]
+        for what, units in (("one epoch", lambda r: r.per_epoch), ("one class", lambda r: r.per_category),
+                            (f"all {classes} classes", lambda r: classes * r.per_category)):
+            cells = [_duration(sum(r.seconds[g.name] * units(r) for r in mine)) for g in gpus]
+            lines.append(f"| {preset} | {what} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def cifar_assumptions(c: CifarCounts, cfg: CifarConfig, fraction: float = FRACTION,
+                      host_seconds: float = HOST_SECONDS) -> str:
+    return (f"CIFAR-10, {cfg.protocol} (each class holds {CIFAR10_IMAGES[0]:,} train and {CIFAR10_IMAGES[1]:,} "
+            f"test images, so every class's run counts the same): {c.train_normals:,} training normals and "
+            f"{c.train_anomalies} labelled anomalies ({c.val:,} images kept for validation), {c.test:,} test "
+            f"images. An epoch: {c.steps} steps of {c.batch} normals + {c.anomaly_batch} labelled anomalies "
+            f"(training's amp, as the MVTec rows), then validation in fp32: the banks ({c.bank:,} training normals "
+            f"and the labelled anomalies, {c.bank_batches} batches of {c.bank_batch}) and "
+            f"{c.score_batches(c.val)} batches of {c.score_batch} validation images scored against them. A "
+            f"class's run: {c.epochs} epochs, then the evaluation: the banks and {c.evaluation_batches // 2} "
+            f"batches (validation, test, labelled anomalies) for the trained and again for the untrained model. "
+            f"Each op at {fraction:.0%} of its bound, {host_seconds * 1e6:g} us of host time per op (* = host-bound). "
+            "Not counted: reading CIFAR-10, checkpoints, figures, and the CPU's work at evaluation (the raw-pixel "
+            "floors' kNN and logistic regression, the combiner's fit). fp32 convolutions are priced at the plain "
+            "FP32 peak, but cuDNN's default TF32 (`torch.backends.cudnn.allow_tf32`) runs them faster on an A100 "
+            "or H100: there the bank and score rows are upper bounds.")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--sizes", default="tiny,small,base", help="presets, comma-separated")
+    p.add_argument("--sizes", help="presets, comma-separated (default: tiny,small,base; with --cifar: tiny,base)")
+    p.add_argument("--cifar", action="store_true",
+                   help="notebook 05's CIFAR-10 method instead (reads --sizes, --model and the time model's flags)")
     p.add_argument("--image-size", type=int, default=TrainConfig().image_size)
     p.add_argument("--latent-dim", type=int, default=TrainConfig().latent_dim)
     p.add_argument("--work", default=",".join(w.name for w in WORKLOADS), help="workloads, comma-separated")
@@ -511,13 +765,15 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     args = build_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.cifar:
+        return cifar_main(args)
     names = args.work.split(",")
     unknown = sorted(set(names) - {w.name for w in WORKLOADS})
     if unknown:
         raise SystemExit(f"unknown workloads {unknown}; choose from {[w.name for w in WORKLOADS]}")
     start, rows = time.perf_counter(), []
     print(utils.describe_device(torch.device("cpu")), flush=True)
-    for size in args.sizes.split(","):
+    for size in (args.sizes or "tiny,small,base").split(","):
         cfg = TrainConfig(image_size=args.image_size, model_size=size, latent_dim=args.latent_dim, model=args.model)
         for work in (w for w in WORKLOADS if w.name in names):
             t = time.perf_counter()
@@ -528,6 +784,31 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                         f"({time.perf_counter() - start:.0f} s).", cost_table(rows), time_table(rows),
                         detector_table(rows), assumptions(fraction=args.fraction, host_seconds=args.host_us * 1e-6,
                                                           train_batch=args.train_batch, score_batch=args.score_batch)])
+    print("\n" + text)
+    out = {"rows": [r.to_dict() for r in rows], "text": text, "settings": vars(args)}
+    if args.json:
+        utils.atomic_write_json(out, Path(args.json))
+    return out
+
+
+def cifar_main(args: argparse.Namespace) -> Dict[str, Any]:
+    """`main` with --cifar: each CIFAR workload at each preset, then one epoch, one class and all classes."""
+    sizes = (args.sizes or ",".join(CIFAR_PRESETS)).split(",")
+    unknown = sorted(set(sizes) - set(CIFAR_PRESETS))
+    if unknown:
+        raise SystemExit(f"unknown CIFAR presets {unknown}; choose from {list(CIFAR_PRESETS)}")
+    host_seconds, start, rows = args.host_us * 1e-6, time.perf_counter(), []
+    print(utils.describe_device(torch.device("cpu")), flush=True)
+    for size in sizes:
+        cfg = cifar_config(size, model=args.model)
+        counts = cifar_counts(cfg)
+        for work in CIFAR_WORKLOADS:
+            t = time.perf_counter()
+            rows.append(measure_cifar(work, cfg, size, counts, fraction=args.fraction, host_seconds=host_seconds))
+            print(f"  {size} {work.name}: {time.perf_counter() - t:.0f} s", flush=True)
+    text = "\n\n".join([f"CIFAR-10, notebook 05; measured on the CPU ({time.perf_counter() - start:.0f} s).",
+                         cost_table(rows), cifar_time_table(rows), cifar_run_table(rows),
+                         cifar_assumptions(counts, cfg, args.fraction, host_seconds)])
     print("\n" + text)
     out = {"rows": [r.to_dict() for r in rows], "text": text, "settings": vars(args)}
     if args.json:

@@ -1,12 +1,16 @@
 """benchmarks/flops.py: its FLOP count against closed forms, its memory tracker and roofline against known
 values, and its tables on a tiny model."""
+import dataclasses
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from transgan_lib.cifar.config import CifarConfig
+from transgan_lib.cifar.train import build_cifar_models
 from transgan_lib.config import TrainConfig
 from transgan_lib.models.transgan import Block, build_models
 
@@ -94,3 +98,60 @@ def test_tables_on_a_tiny_model(flops, capsys):
     assert rows["TransGAN train"]["per_epoch"] == (240 - 24) // 2
     printed = capsys.readouterr().out
     assert "| tiny | TransGAN train (step, 2) |" in printed and "| tiny | restorer |" in printed
+
+
+def test_cifar_counts_follow_the_split_rules(flops):
+    """Notebook 05 on CIFAR-10, by hand: 9 normal classes x 5,000 = 45,000 normals, round(10 %) = 4,500 of them
+    kept for validation; 5 % of the 5,000 anomalies labelled = 250, int(10 %) = 25 of them kept; full batches of
+    64 of the 40,500 normals left, each with 64 // 4 labelled anomalies."""
+    c = flops.cifar_counts(CifarConfig())
+    assert (c.train_normals, c.train_anomalies, c.val, c.test) == (40_500, 225, 4_500 + 25, 10_000)
+    assert (c.steps, c.anomaly_batch, c.epochs) == (40_500 // 64, 16, 15) == (632, 16, 15)
+    # validation, every epoch: banks of 10,000 normals (of 40,500) and of the 225 anomalies, batches of 256, and
+    # 4,525 images scored; evaluation: validation, test and the 250 labelled anomalies, trained and untrained
+    assert (c.bank, c.bank_batches, c.score_batches(c.val)) == (10_000, 40 + 1, 18)
+    assert c.evaluation_batches == 2 * (18 + 40 + 1)
+    assert flops.cifar_counts(CifarConfig(anomaly_class=7)) == c  # classes of one size: each run counts the same
+    assert flops.cifar_counts(CifarConfig(batch_size=100, val_fraction=0.2)).steps == 36_000 // 100
+    assert flops.cifar_counts(CifarConfig(protocol="one_class_normal")).steps == (5_000 - 500) // 64
+    # full batches only, and one short batch when there are fewer normals than a batch
+    assert [dataclasses.replace(c, train_normals=n).steps for n in (40, 127, 128)] == [1, 1, 2]
+
+
+def test_cifar_rows_at_tiny_size(flops, capsys):
+    """--cifar at the tiny preset (a smaller G and D): each unit costs what its passes through the networks
+    must, and the rows count the run of `cifar_counts`."""
+    model = {"g_dim": 64, "d_dim": 32, "g_min_dim": 16}
+    out = flops.main(["--cifar", "--sizes", "tiny", "--model", json.dumps(model)])
+    rows = {r["work"]: r for r in out["rows"]}
+    assert list(rows) == [w.name for w in flops.CIFAR_WORKLOADS]
+    cfg = flops.cifar_config("tiny", model=model)
+    c = flops.cifar_counts(cfg)
+    net, _, d_anomalous = build_cifar_models(cfg)
+    net.eval()
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+
+    def per_image(r):
+        return r["cost"]["flops"] / r["batch"]
+
+    encode = flops.count_flops(lambda: net.encode_with_stages(x)) / 2
+    forward = flops.count_flops(lambda: net(x, with_stages=True)) / 2  # E1, G, E2
+    assert per_image(rows["CIFAR bank"]) == pytest.approx(encode)
+    # scoring: the passes, D_anomalous, and each stage's comparison with the banks' (bank + anomalies) rows
+    widths = sum(s.shape[1] for s in net.encode_with_stages(x)[1])
+    compare = 2 * widths * (c.bank + c.train_anomalies)
+    score = forward + flops.count_flops(lambda: d_anomalous(x)) / 2 + compare
+    assert score <= per_image(rows["CIFAR score"]) < 1.05 * score
+    # a step: E1, G and E2 forward and backward (the tiny trunk trains: 3x), the discriminators besides
+    assert per_image(rows["CIFAR train"]) > 3 * forward
+    assert rows["CIFAR train"]["batch"] == 64 + 16
+    assert (rows["CIFAR train"]["per_epoch"], rows["CIFAR train"]["per_category"]) == (632, 15 * 632)
+    assert rows["CIFAR bank"]["per_category"] == (15 + 2) * 41
+    assert rows["CIFAR score"]["per_category"] == 15 * 18 + 2 * (18 + 40 + 1)
+    for r in out["rows"]:
+        assert r["cost"]["ops"] > 0 and r["cost"]["peak"] > 0 and r["resident"] > 0
+        assert all(s > 0 for s in r["seconds"].values())
+    one_class = sum(r["seconds"]["T4"] * r["per_category"] for r in out["rows"])
+    printed = capsys.readouterr().out
+    assert f"| tiny | one class | {flops._duration(one_class)} |" in printed
+    assert f"| tiny | all 10 classes | {flops._duration(10 * one_class)} |" in printed
