@@ -11,11 +11,17 @@ recall at the threshold of each rule, with AUROC beside (the rules move no score
   chosen. The floor (raw-pixel patch NN) gets the default threshold on the same normals.
 
 One JSON line per run in <root>/calibration64.jsonl (at 32 px calibration.jsonl); `--summary` prints the
-table. About 1 min a run on 2 cores.
+table. About 1 min a run on 2 cores. `--fresh-test 400` then scores 400 more new good images and `--draws`
+more calibration sets per run (`--fresh-summary`: the FPR over them; the bound is an average over the draw of
+the calibration normals). `--method iterative` trains, maps and measures the TransGAN of the demo job instead
+(<root>/runs_iterative/s<seed>; ~6 min a run at 32 px).
 
     python benchmarks/measure_calibration.py --root /tmp/fpr --image-size 64
     python benchmarks/measure_calibration.py --root /tmp/fpr --image-size 64 --summary
     python benchmarks/measure_calibration.py --root /tmp/fpr --image-size 32 --surfaces demo demo_holdout ...
+    python benchmarks/measure_calibration.py --root /tmp/fpr --image-size 64 --fresh-test 400
+    python benchmarks/measure_calibration.py --root /tmp/fpr --image-size 64 --fresh-summary
+    python benchmarks/measure_calibration.py --root /tmp/fpr --image-size 32 --method iterative --surfaces demo
 """
 import argparse
 import json
