@@ -43,7 +43,7 @@ def fpr_quantile(n: int, fpr_target: float, prob: float = 0.9) -> float:
     """The false-positive rate on new good images that the conformal threshold of n calibration normals stays
     under with probability `prob` over the draw of those normals: the rate is Beta(n + 1 - k, k) distributed
     for continuous scores (k: `conformal_threshold`'s order statistic), so few normals spread it widely."""
-    k = min(int(np.ceil((n + 1) * (1.0 - fpr_target) - 1e-9)), n)
+    k = int(conformal_threshold(np.arange(n), fpr_target)[0]) + 1  # the k-th smallest of 0 .. n-1 is k - 1
     return float(beta.ppf(prob, n + 1 - k, k))
 
 
