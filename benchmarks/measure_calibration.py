@@ -14,7 +14,7 @@ One JSON line per run in <root>/calibration64.jsonl (at 32 px calibration.jsonl)
 table. About 1 min a run on 2 cores. `--fresh-test 400` then scores 400 more new good images and `--draws`
 more calibration sets per run (`--fresh-summary`: the FPR over them; the bound is an average over the draw of
 the calibration normals). `--method iterative` trains, maps and measures the TransGAN of the demo job instead
-(<root>/runs_iterative/s<seed>; ~6 min a run at 32 px).
+(<root>/runs_iterative/s<seed>; ~11 min a run at 32 px on 2 cores).
 
     python benchmarks/measure_calibration.py --root /tmp/fpr --image-size 64
     python benchmarks/measure_calibration.py --root /tmp/fpr --image-size 64 --summary
@@ -31,15 +31,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from transgan_lib.data.demo import MARKER, make_demo_image
-from transgan_lib.data.images import images_under, load_image
 import transgan_lib
 from transgan_lib.config import MappingConfig
+from transgan_lib.data.demo import MARKER, make_demo_image
+from transgan_lib.data.images import images_under, load_image
 from transgan_lib.jobs import DEMO_PARAMETERS
 from transgan_lib.methods.pipeline import evaluate, run_mapping
-from transgan_lib.runs import run_paths
 from transgan_lib.methods.scoring import Scorer
 from transgan_lib.metrics import conformal_threshold
+from transgan_lib.runs import run_paths
 
 SURFACES = ("demo_holdout", "demo_gravel", "demo_tissue", "demo_retina", "demo_text", "demo_hopper")
 CALIBRATION_STREAM = 900  # the rng stream of the held-apart normals: the demo builder uses 0 .. 1 + defects

@@ -67,7 +67,7 @@ def threshold_record(config: MappingConfig, n: int) -> Dict[str, Any]:
               f"{config.fpr_target:.1%} asked: hold apart at least {needed} good images (calibration_dir) to reach it")
     if not held_apart:  # the bound needs normals exchangeable with new parts; these chose the map (README)
         print(f"NOTE: the threshold is set on the validation normals, which also chose the map; new good parts can "
-              f"score higher (measured: up to 5x the target): give calibration_dir, {needed}+ good images apart "
+              f"score higher (measured: up to 4x the target): give calibration_dir, {needed}+ good images apart "
               "from every split, for a false-positive rate that holds")
         return {"threshold_rule": f"conformal, target {config.fpr_target:.1%} ({bound:.1%} if new good images "
                                   f"were exchangeable with them), set on {normals}", "threshold_calibration": record}
