@@ -122,8 +122,8 @@ def measure(args) -> None:
 
 def fresh_test(args) -> None:
     """Scores, with each run as `score` would make them, of `--fresh-test` new good images per surface (rng
-    stream 901), of `--draws` more calibration sets of `--n-calibration` (stream 902), of the calibration folder
-    and of the split's test normals (a check: their FPR must equal the row's): <root>/fresh<tag>/<surface>_s<seed>.npz.
+    stream 901), of `--draws` more calibration sets of `--n-calibration` (stream 902), and of the split's test
+    normals (a check: their FPR must equal the row's): <root>/fresh<tag>/<surface>_s<seed>.npz.
     Nothing is chosen on them; `--fresh-summary` reads the FPR of each rule off them."""
     root = Path(args.root)
     (root / f"fresh{_tag(args)}").mkdir(exist_ok=True)
@@ -132,7 +132,7 @@ def fresh_test(args) -> None:
         folders = {"fresh": calibration_folder(root, r["surface"], args.fresh_test, "fresh_test", FRESH_TEST_STREAM),
                    "draws": calibration_folder(root, r["surface"], args.draws * args.n_calibration, "calibration_draws",
                                                DRAWS_STREAM),
-                   "calibration": root / "calibration" / r["surface"], "split": root / "data" / r["surface"] / "test"}
+                   "split": root / "data" / r["surface"] / "test"}
         scores = {name: _scores(scorer, images_under(folder / "good")) for name, folder in folders.items()}
         check = (scores["split"] >= r["rules"]["conformal5_cal"]["threshold"]).mean()
         assert abs(check - r["rules"]["conformal5_cal"]["fpr"]) < 1e-9, (r["surface"], r["seed"], check)
